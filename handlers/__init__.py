@@ -1,0 +1,10 @@
+"""Tornado request handlers, one module per feature; each module ends in its `default_handlers` routes."""
+
+from __future__ import annotations
+
+from . import completions, models
+
+default_handlers = [
+    *completions.default_handlers,
+    *models.default_handlers,
+]

@@ -1,0 +1,155 @@
+"""POST /chat/completions: the OpenAI request relayed to the upstream, streamed back as SSE.
+
+CompletionEndpoint is the shared life cycle of every completion endpoint (RAG and audio build on it): body
+limit, key rules, parsing, the request record, cancellation when the client leaves, and error reporting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+
+from llmserver.chat_request import ChatRequest, parse_chat_request
+from llmserver.errors import ApiError
+from llmserver.upstream import Passage, Upstream
+
+from .base import ApiHandler, EventStream
+
+logger = logging.getLogger("llmserver.handlers")
+
+
+class CompletionEndpoint(ApiHandler):
+    endpoint = "chat"
+    needs_upstream_key = True
+
+    @property
+    def upstream(self) -> Upstream:
+        return self.services.upstream
+
+    def initialize(self) -> None:
+        self._work: asyncio.Future | None = None
+        self._client_gone = False
+
+    def on_connection_close(self) -> None:
+        # The Agora engine closes the connection on barge-in: stop generating and cancel the upstream call now.
+        self._client_gone = True
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    async def post(self) -> None:
+        self.record = self.request_log.begin(self.request_id, self.endpoint)
+        self.events = EventStream(self, self.record)
+        try:
+            if len(self.request.body) > self.config.max_body_bytes:
+                raise ApiError(
+                    413, f"The request body exceeds {self.config.max_body_bytes} bytes.", code="request_too_large"
+                )
+            api_key = self.upstream_key(required=self.needs_upstream_key)
+            chat = parse_chat_request(self.request.body, self.config.model)
+            self._describe(chat)
+            if self._client_gone:
+                raise asyncio.CancelledError
+            self._work = asyncio.ensure_future(self.respond(chat, api_key))
+            await self._work
+        except (asyncio.CancelledError, StreamClosedError):
+            self.record.cancel()
+        except ApiError as error:
+            self.record.fail(error.status if not self.events.started else 200, error.message)
+            await self._report(error)
+        except Exception:
+            logger.exception("request %s failed", self.request_id)
+            error = ApiError(500, "The server had an error while processing your request.", type="server_error")
+            self.record.fail(500 if not self.events.started else 200, "internal error (see the server log)")
+            await self._report(error)
+        finally:
+            self.request_log.finish(self.record)
+
+    def _describe(self, chat: ChatRequest) -> None:
+        record = self.record
+        record.model = chat.model
+        record.messages = len(chat.messages)
+        record.last_user_message = self.request_log.truncate(chat.last_user_text())
+        record.turn_id = chat.turn_id
+        record.engine_fields = chat.engine_fields
+
+    async def _report(self, error: ApiError) -> None:
+        if self._client_gone:
+            return
+        if self.events.started:
+            await self.events.send_error(error)
+        else:
+            self.send_api_error(error)
+
+    async def respond(self, chat: ChatRequest, api_key: str | None) -> None:
+        if chat.stream:
+            await self.relay_stream(chat.body, api_key)
+        else:
+            await self.relay_completion(chat.body, api_key)
+
+    async def relay_stream(self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()) -> None:
+        """Streams the upstream's chunks to the client as they come, then [DONE]."""
+        chunks = self.upstream.stream(body, api_key, passages)
+        try:
+            try:
+                first = await asyncio.wait_for(anext(chunks), self.config.first_token_timeout)
+            except asyncio.TimeoutError:
+                raise ApiError(
+                    504,
+                    f"The upstream LLM sent no token within {self.config.first_token_timeout:g} s.",
+                    code="first_token_timeout",
+                ) from None
+            except StopAsyncIteration:
+                await self.events.done()
+                return
+            await self._send_chunk(first)
+            async for payload in chunks:
+                await self._send_chunk(payload)
+            await self.events.done()
+        finally:
+            await chunks.aclose()
+
+    async def _send_chunk(self, payload: bytes) -> None:
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise ApiError(502, "The upstream sent a chunk that is not JSON.", code="upstream_bad_chunk") from None
+        if not isinstance(chunk, dict):
+            raise ApiError(502, "The upstream sent a chunk that is not a JSON object.", code="upstream_bad_chunk")
+        if "error" in chunk:
+            raise _upstream_stream_error(chunk["error"])
+        await self.events.send(payload)
+
+    async def relay_completion(
+        self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()
+    ) -> None:
+        content = await self.upstream.complete(body, api_key, passages)
+        self.record.mark_chunk()
+        self.set_header("Content-Type", "application/json")
+        self.finish(content)
+
+
+def _upstream_stream_error(error: Any) -> ApiError:
+    if not isinstance(error, dict):
+        return ApiError(502, f"Upstream error: {error}", code="upstream_error")
+    message = error.get("message") if isinstance(error.get("message"), str) else "The upstream reported an error."
+    code = error.get("code")
+    return ApiError(
+        502,
+        message,
+        type=error.get("type") if isinstance(error.get("type"), str) else "server_error",
+        code=str(code) if code is not None else "upstream_error",
+    )
+
+
+class ChatCompletionsHandler(CompletionEndpoint):
+    endpoint = "chat"
+
+
+default_handlers = [
+    (r"/(?:v1/)?chat/completions", ChatCompletionsHandler),
+]

@@ -1,0 +1,137 @@
+"""Parses and validates a Chat Completions request body, and separates the Agora engine's own fields from it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ApiError
+
+# Fields the Agora engine adds (vendor "custom"); OpenAI rejects unknown fields, so they never go upstream.
+ENGINE_TOP_LEVEL_FIELDS = ("context", "turn_id", "timestamp", "interruptable")
+ENGINE_MESSAGE_FIELDS = ("turn_id", "timestamp", "metadata")
+
+_NUMBER = (int, float)
+# Known fields and the JSON types they must have; unknown fields pass through unchecked.
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "model": ((str,), "a string"),
+    "stream": ((bool,), "a boolean"),
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "presence_penalty": (_NUMBER, "a number"),
+    "frequency_penalty": (_NUMBER, "a number"),
+    "max_tokens": ((int,), "an integer"),
+    "max_completion_tokens": ((int,), "an integer"),
+    "n": ((int,), "an integer"),
+    "seed": ((int,), "an integer"),
+    "top_logprobs": ((int,), "an integer"),
+    "logprobs": ((bool,), "a boolean"),
+    "parallel_tool_calls": ((bool,), "a boolean"),
+    "stop": ((str, list, type(None)), "a string or a list of strings"),
+    "user": ((str,), "a string"),
+    "tools": ((list,), "a list"),
+    "tool_choice": ((str, dict), "a string or an object"),
+    "response_format": ((dict,), "an object"),
+    "modalities": ((list,), "a list"),
+    "audio": ((dict, type(None)), "an object"),
+    "stream_options": ((dict, type(None)), "an object"),
+    "logit_bias": ((dict,), "an object"),
+}
+
+
+@dataclass
+class ChatRequest:
+    """A validated request: `body` is what goes upstream, `engine_fields` what the Agora engine added."""
+
+    body: dict[str, Any]
+    engine_fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def model(self) -> str:
+        return self.body["model"]
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.body["messages"]
+
+    @property
+    def turn_id(self) -> Any:
+        return self.engine_fields.get("turn_id")
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.body.get("stream_options") or {}
+        return bool(options.get("include_usage"))
+
+    def last_user_text(self) -> str:
+        """The text of the last user message; the text parts of multi-part content are joined."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return message_text(message)
+        return ""
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return " ".join(part for part in parts if isinstance(part, str))
+    return ""
+
+
+def _is_type(value: Any, types: tuple[type, ...]) -> bool:
+    # bool is an int in Python, but not an integer or a number in JSON Schema.
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
+    """Validates `raw` (the HTTP body); raises ApiError(400) naming the offending field."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_body")
+
+    messages = body.get("messages")
+    if messages is None:
+        raise ApiError(400, "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list):
+        raise ApiError(400, "'messages' must be a list of message objects.", param="messages", code="invalid_type")
+    if not messages:
+        raise ApiError(400, "'messages' must not be empty.", param="messages", code="empty_array")
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise ApiError(400, f"'{param}' must be an object.", param=param, code="invalid_type")
+        if not isinstance(message.get("role"), str):
+            raise ApiError(400, f"'{param}.role' must be a string.", param=f"{param}.role", code="invalid_type")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise ApiError(
+                400, f"'{param}.content' must be a string or a list of parts.", param=f"{param}.content", code="invalid_type"
+            )
+
+    for name, (types, described) in _FIELD_TYPES.items():
+        if name in body and not _is_type(body[name], types):
+            raise ApiError(400, f"'{name}' must be {described}.", param=name, code="invalid_type")
+
+    engine_fields = {name: body.pop(name) for name in ENGINE_TOP_LEVEL_FIELDS if name in body}
+    message_fields = []
+    for message in messages:
+        removed = {name: message.pop(name) for name in ENGINE_MESSAGE_FIELDS if name in message}
+        message_fields.append(removed)
+    if any(message_fields):
+        engine_fields["messages"] = message_fields
+    if not body.get("model"):
+        body["model"] = default_model
+    return ChatRequest(body=body, engine_fields=engine_fields)

@@ -1,0 +1,64 @@
+"""Builders for OpenAI's `chat.completion.chunk` and `chat.completion` objects, for replies the server makes itself."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+SYSTEM_FINGERPRINT = "fp_custom_llm_server"
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+class ChunkFactory:
+    """Makes the chunks of one response: the same id, created and model on each, as OpenAI does."""
+
+    def __init__(self, model: str, completion_id: str | None = None) -> None:
+        self.id = completion_id or new_completion_id()
+        self.created = int(time.time())
+        self.model = model
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [],
+            "usage": usage,
+        }
+
+    def completion(
+        self, message: dict[str, Any], usage: dict[str, int], finish_reason: str = "stop"
+    ) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": usage,
+        }
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

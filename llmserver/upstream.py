@@ -1,0 +1,135 @@
+"""The one place that calls the upstream LLM, through the official openai SDK's AsyncOpenAI.
+
+Streams are relayed as the upstream's own bytes (one SSE payload per chunk): parsing each chunk into the SDK's
+objects and serialising it again would cost several times more and change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import httpx2
+import openai
+
+from .errors import ApiError
+from .settings import Settings
+from .sse import SSELineReader
+
+# Statuses whose meaning the client can act on are passed on; other upstream 4xx too; 5xx become 502.
+_KEPT_STATUSES = {400, 401, 403, 404, 409, 413, 422, 429}
+
+
+class Passage(Protocol):
+    """A retrieved knowledge passage (see knowledge.SearchHit)."""
+
+    id: str
+    title: str
+    content: str
+    score: float
+
+
+class Upstream(Protocol):
+    """What the handlers need of an LLM: OpenAIUpstream for real ones, OfflineResponder for none."""
+
+    mode: str
+    base_url: str | None
+
+    def stream(
+        self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()
+    ) -> AsyncIterator[bytes]: ...
+
+    async def complete(self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()) -> bytes: ...
+
+    async def list_models(self, api_key: str | None) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+def upstream_error(exc: openai.APIError) -> ApiError:
+    """Turns an SDK exception into the error the client sees: the upstream's status and message where useful."""
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        message = body.get("message") if isinstance(body.get("message"), str) else None
+        message = message or f"The upstream LLM answered HTTP {exc.status_code}."
+        if exc.status_code in _KEPT_STATUSES:
+            return ApiError(
+                exc.status_code,
+                message,
+                type=body.get("type") if isinstance(body.get("type"), str) else None,
+                param=body.get("param") if isinstance(body.get("param"), str) else None,
+                code=str(body["code"]) if body.get("code") is not None else None,
+            )
+        return ApiError(502, f"Upstream error (HTTP {exc.status_code}): {message}", code="upstream_error")
+    if isinstance(exc, openai.APITimeoutError):
+        return ApiError(504, "The upstream LLM timed out.", code="upstream_timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return ApiError(502, "The upstream LLM could not be reached.", code="upstream_unreachable")
+    return ApiError(502, f"Upstream error: {exc}", code="upstream_error")
+
+
+class OpenAIUpstream:
+    mode = "openai"
+
+    def __init__(self, settings: Settings) -> None:
+        self.base_url = settings.base_url or "https://api.openai.com/v1"
+        self._has_own_key = bool(settings.api_key)
+        self._client = openai.AsyncOpenAI(
+            # Without a key of its own the server forwards the caller's key on each request (see _options).
+            api_key=settings.api_key or "forwarded-per-request",
+            base_url=self.base_url,
+            max_retries=settings.upstream_retries,
+            timeout=httpx2.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+        )
+
+    def _options(self, api_key: str | None) -> dict[str, Any]:
+        if self._has_own_key or not api_key:
+            return {}
+        return {"headers": {"Authorization": f"Bearer {api_key}"}}
+
+    async def stream(
+        self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()
+    ) -> AsyncIterator[bytes]:
+        try:
+            response = await self._client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=httpx2.Response,
+                stream=True,
+                options=self._options(api_key),
+            )
+        except openai.APIError as exc:
+            raise upstream_error(exc) from None
+        reader = SSELineReader()
+        try:
+            async for data in response.aiter_bytes():
+                for payload in reader.feed(data):
+                    if payload == b"[DONE]":
+                        return
+                    yield payload
+        except httpx2.TimeoutException:
+            raise ApiError(504, "The upstream LLM stopped sending (read timeout).", code="upstream_timeout") from None
+        except httpx2.HTTPError as exc:
+            raise ApiError(502, f"The upstream stream broke: {exc}", code="upstream_stream_broken") from None
+        finally:
+            await response.aclose()
+        raise ApiError(502, "The upstream ended the stream without [DONE].", code="upstream_stream_incomplete")
+
+    async def complete(self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()) -> bytes:
+        try:
+            response = await self._client.post(
+                "/chat/completions", body=body, cast_to=httpx2.Response, options=self._options(api_key)
+            )
+        except openai.APIError as exc:
+            raise upstream_error(exc) from None
+        return response.content
+
+    async def list_models(self, api_key: str | None) -> bytes:
+        try:
+            response = await self._client.get("/models", cast_to=httpx2.Response, options=self._options(api_key))
+        except openai.APIError as exc:
+            raise upstream_error(exc) from None
+        return response.content
+
+    async def aclose(self) -> None:
+        await self._client.close()

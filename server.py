@@ -1,0 +1,93 @@
+"""Custom LLM Server: an OpenAI-compatible streaming endpoint for Agora's Conversational AI engine and any client.
+
+Run `python server.py --help` for the settings; the README explains them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import tornado.httpserver
+import tornado.web
+
+from handlers import default_handlers
+from handlers.base import NotFoundHandler
+from llmserver.services import Services, build_services
+from llmserver.settings import Settings, load_settings
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+logger = logging.getLogger("llmserver")
+
+
+def make_app(services: Services) -> tornado.web.Application:
+    return tornado.web.Application(
+        default_handlers,
+        services=services,
+        default_handler_class=NotFoundHandler,
+        template_path=os.path.join(ROOT, "templates"),
+        static_path=os.path.join(ROOT, "static"),
+        serve_traceback=False,
+    )
+
+
+def max_upload_bytes(settings: Settings) -> int:
+    """The HTTP server's own body cap; the handlers apply their tighter limits with a proper error."""
+    return max(settings.max_body_bytes, settings.audio_max_bytes) * 2 + 1024 * 1024
+
+
+async def drain(services: Services, grace: float) -> None:
+    """Waits for running requests to finish, at most `grace` seconds."""
+    deadline = time.monotonic() + grace
+    while services.request_log.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def serve(settings: Settings) -> None:
+    services = build_services(settings)
+    app = make_app(services)
+    server = tornado.httpserver.HTTPServer(app, max_body_size=max_upload_bytes(settings), xheaders=True)
+    server.listen(settings.port, settings.host)
+    shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
+    upstream = services.upstream
+    where = f" {upstream.base_url}" if upstream.base_url else ""
+    print(
+        f"Custom LLM Server listening on http://{shown_host}:{settings.port} (upstream: {upstream.mode}{where})",
+        flush=True,
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    logger.info("shutting down: %d request(s) in flight", services.request_log.in_flight)
+    server.stop()
+    await drain(services, settings.shutdown_grace)
+    await server.close_all_connections()
+    await services.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(argv)
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class StartupError(Exception):
+    """A problem that stops the server from starting (an invalid knowledge base, for example)."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Fixtures: a fake upstream and the real server on the same IOLoop, each on a port the OS picks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+import tornado.ioloop
+
+from llmserver.services import build_services
+from llmserver.settings import Settings
+from server import make_app
+from tests.fake_upstream import FakeUpstream
+
+SERVER_KEY = "sk-server-key-for-tests"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "settings(**overrides): settings of the server under test")
+
+
+@pytest.fixture
+def io_loop():
+    """pytest-tornado's io_loop calls the deprecated make_current(); this one sets the asyncio loop instead."""
+    loop = tornado.ioloop.IOLoop(make_current=False)
+    asyncio.set_event_loop(loop.asyncio_loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close(all_fds=True)
+
+
+@pytest.fixture
+def fake_upstream(io_loop):
+    fake = FakeUpstream().start()
+    yield fake
+    io_loop.run_sync(fake.stop)
+
+
+@pytest.fixture
+def settings(request, fake_upstream, tmp_path) -> Settings:
+    base = Settings(
+        upstream="openai",
+        base_url=fake_upstream.base_url,
+        api_key=SERVER_KEY,
+        upstream_retries=0,
+        offline_word_delay=0.0,
+        knowledge_file=str(tmp_path / "knowledge.json"),
+        audio_dir=str(tmp_path / "audio"),
+    )
+    marker = request.node.get_closest_marker("settings")
+    return dataclasses.replace(base, **marker.kwargs) if marker else base
+
+
+@pytest.fixture
+def services(settings, io_loop):
+    services = build_services(settings)
+    yield services
+    io_loop.run_sync(services.aclose)
+
+
+@pytest.fixture
+def app(services):
+    return make_app(services)

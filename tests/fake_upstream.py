@@ -1,0 +1,240 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server on 127.0.0.1 that speaks the real wire format.
+
+Tests set `FakeUpstream.behaviour` to make it slow, fail with a status, cut a stream mid-way or send a bad chunk,
+and read back what it received. The benchmark runs it as a separate process: `python -m tests.fake_upstream`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import tornado.httpserver
+import tornado.iostream
+import tornado.netutil
+import tornado.web
+
+
+@dataclass
+class Behaviour:
+    status: int = 200  # an error status answers with OpenAI's error JSON
+    error_message: str = "fake upstream failure"
+    header_delay: float = 0.0  # before the response headers
+    first_chunk_delay: float = 0.0  # after the headers, before the first chunk
+    chunk_delay: float = 0.0  # between chunks
+    hang: bool = False  # after the headers (or before them, with hang_before_headers), never send anything
+    hang_before_headers: bool = False
+    words: int = 5  # content chunks
+    cut_after: int | None = None  # close the connection after this many chunks, without [DONE]
+    bad_chunk_at: int | None = None  # send a non-JSON data line as this chunk
+    error_event_at: int | None = None  # send an error event as this chunk
+    tool_call: bool = False  # stream a tool call instead of text
+
+
+@dataclass
+class ReceivedRequest:
+    path: str
+    headers: dict[str, str]
+    body: Any
+    opened_at: float
+    closed_at: float | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _chunk(completion_id: str, created: int, model: str, delta: dict, finish_reason: str | None = None) -> dict:
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def _words(n: int) -> list[str]:
+    return [f"word{i} " for i in range(n)]
+
+
+def _tool_call_deltas() -> list[dict]:
+    arguments = ['{"city"', ': "Par', 'is"}']
+    first = {"index": 0, "id": "call_fake1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    return [{"tool_calls": [first]}] + [{"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in arguments]
+
+
+class _FakeHandler(tornado.web.RequestHandler):
+    def initialize(self, fake: FakeUpstream) -> None:
+        self.fake = fake
+        self.received: ReceivedRequest | None = None
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def on_connection_close(self) -> None:
+        if self.received is not None and self.received.closed_at is None:
+            self.received.closed_at = time.perf_counter()
+            self.received.closed.set()
+
+    def on_finish(self) -> None:
+        self.on_connection_close()
+
+    async def _before_headers(self, behaviour: Behaviour) -> None:
+        if behaviour.hang_before_headers:
+            await asyncio.Event().wait()
+        if behaviour.header_delay:
+            await asyncio.sleep(behaviour.header_delay)
+
+    def _error(self, behaviour: Behaviour) -> None:
+        self.set_status(behaviour.status)
+        self.set_header("Content-Type", "application/json")
+        error = {"message": behaviour.error_message, "type": "fake_error", "param": None, "code": "fake"}
+        self.finish(json.dumps({"error": error}))
+
+
+class ChatHandler(_FakeHandler):
+    async def post(self) -> None:
+        fake = self.fake
+        behaviour = fake.behaviour
+        body = json.loads(self.request.body)
+        self.received = ReceivedRequest(self.request.path, dict(self.request.headers), body, time.perf_counter())
+        fake.requests.append(self.received)
+        await self._before_headers(behaviour)
+        if behaviour.status != 200:
+            return self._error(behaviour)
+        model = body.get("model", "fake-model")
+        completion_id = f"chatcmpl-fake{len(fake.requests)}"
+        created = int(time.time())
+        if not body.get("stream"):
+            text = "".join(_words(behaviour.words))
+            message = {"role": "assistant", "content": text, "refusal": None}
+            usage = {"prompt_tokens": 3, "completion_tokens": behaviour.words, "total_tokens": 3 + behaviour.words}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+            self.set_header("Content-Type", "application/json")
+            self.finish(
+                json.dumps(
+                    {
+                        "id": completion_id,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": model,
+                        "choices": [choice],
+                        "usage": usage,
+                    }
+                )
+            )
+            return
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        await self.flush()
+        if behaviour.hang:
+            await asyncio.Event().wait()
+        if behaviour.first_chunk_delay:
+            await asyncio.sleep(behaviour.first_chunk_delay)
+        deltas = _tool_call_deltas() if behaviour.tool_call else [{"content": w} for w in _words(behaviour.words)]
+        deltas[0] = {"role": "assistant", **deltas[0]}
+        events = [json.dumps(_chunk(completion_id, created, model, d)) for d in deltas]
+        finish = "tool_calls" if behaviour.tool_call else "stop"
+        events.append(json.dumps(_chunk(completion_id, created, model, {}, finish)))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 3, "completion_tokens": len(deltas), "total_tokens": 3 + len(deltas)}
+            usage_chunk = _chunk(completion_id, created, model, {})
+            usage_chunk["choices"] = []
+            usage_chunk["usage"] = usage
+            events.append(json.dumps(usage_chunk))
+        try:
+            for index, event in enumerate(events):
+                if behaviour.cut_after is not None and index == behaviour.cut_after:
+                    self.request.connection.stream.close()
+                    return
+                if behaviour.bad_chunk_at == index:
+                    event = "this is not json"
+                if behaviour.error_event_at == index:
+                    event = json.dumps({"error": {"message": "fake mid-stream failure", "type": "server_error"}})
+                if behaviour.chunk_delay and index:
+                    await asyncio.sleep(behaviour.chunk_delay)
+                self.write(f"data: {event}\n\n")
+                await self.flush()
+            self.write("data: [DONE]\n\n")
+            await self.flush()
+        except tornado.iostream.StreamClosedError:
+            pass
+
+
+class ModelsHandler(_FakeHandler):
+    async def get(self) -> None:
+        behaviour = self.fake.behaviour
+        self.received = ReceivedRequest(self.request.path, dict(self.request.headers), None, time.perf_counter())
+        self.fake.requests.append(self.received)
+        if behaviour.status != 200:
+            return self._error(behaviour)
+        model = {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}
+        self.finish({"object": "list", "data": [model]})
+
+
+class FakeUpstream:
+    """The fake upstream server; `base_url` is what OPENAI_BASE_URL should be set to."""
+
+    def __init__(self) -> None:
+        self.behaviour = Behaviour()
+        self.requests: list[ReceivedRequest] = []
+        app = tornado.web.Application(
+            [
+                (r"/v1/chat/completions", ChatHandler, {"fake": self}),
+                (r"/v1/models", ModelsHandler, {"fake": self}),
+            ]
+        )
+        self._server = tornado.httpserver.HTTPServer(app)
+        self.port = 0
+
+    def start(self, sock: socket.socket | None = None) -> FakeUpstream:
+        sockets = [sock] if sock else tornado.netutil.bind_sockets(0, "127.0.0.1")
+        self._server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def last(self) -> ReceivedRequest:
+        return self.requests[-1]
+
+    async def stop(self) -> None:
+        self._server.stop()
+        await self._server.close_all_connections()
+
+
+async def _main() -> None:
+    parser = argparse.ArgumentParser(description="Run the fake OpenAI-compatible upstream.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--words", type=int, default=20)
+    args = parser.parse_args()
+    fake = FakeUpstream()
+    fake.behaviour.words = args.words
+    if args.port:
+        fake.start(tornado.netutil.bind_sockets(args.port, "127.0.0.1")[0])
+    else:
+        fake.start()
+    fake.requests = _Discard()
+    print(fake.port, flush=True)
+    await asyncio.Event().wait()
+
+
+class _Discard(list):
+    """A benchmark run keeps no request history."""
+
+    def append(self, item: Any) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return 0
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

@@ -1,0 +1,367 @@
+"""POST /chat/completions against the fake upstream, through the real AsyncOpenAI client inside the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests.client import RawClient, json_of, post, stream
+from tests.conftest import SERVER_KEY
+
+USER = {"role": "user", "content": "Hello there"}
+
+
+@pytest.mark.gen_test
+async def test_stream_relays_every_chunk_in_order_then_done(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.words = 25
+    result = await stream(base_url, "/chat/completions", {"model": "m1", "messages": [USER]})
+    assert result.response.code == 200
+    headers = result.response.headers
+    assert headers["Content-Type"].startswith("text/event-stream")
+    assert headers["Cache-Control"] == "no-cache"
+    assert headers["X-Accel-Buffering"] == "no"
+    assert result.events[-1] == "[DONE]"
+    chunks = result.chunks
+    assert len(chunks) == 26  # 25 words and the finish chunk
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert result.text == "".join(f"word{i} " for i in range(25))
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert {c["id"] for c in chunks} == {chunks[0]["id"]}
+    assert result.raw.count(b"data: ") == 27
+
+
+@pytest.mark.gen_test
+async def test_v1_path_and_tool_calls_and_usage_chunk_are_relayed(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.tool_call = True
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    body = {"messages": [USER], "tools": tools, "stream_options": {"include_usage": True}}
+    result = await stream(base_url, "/v1/chat/completions", body)
+    chunks = result.chunks
+    arguments = "".join(
+        c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+        for c in chunks
+        if c["choices"] and "tool_calls" in c["choices"][0]["delta"]
+    )
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    assert fake_upstream.last.body["tools"] == tools
+
+
+@pytest.mark.gen_test
+async def test_body_is_forwarded_unchanged_except_engine_fields(http_server, base_url, fake_upstream, services):
+    messages = [
+        {"role": "system", "content": "Be brief.", "turn_id": 3, "timestamp": 1700000000000},
+        {"role": "assistant", "audio": {"id": "audio_abc"}, "metadata": {"interrupted": True}},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "What is"}, {"type": "text", "text": "the weather?"}],
+            "turn_id": 4,
+            "metadata": {"source": "asr"},
+        },
+    ]
+    body = {
+        "model": "gpt-4o",
+        "messages": messages,
+        "temperature": 0.3,
+        "max_tokens": 50,
+        "max_completion_tokens": 60,
+        "stop": ["\n\n"],
+        "seed": 7,
+        "user": "u1",
+        "response_format": {"type": "text"},
+        "modalities": ["text"],
+        "parallel_tool_calls": False,
+        "tool_choice": "auto",
+        "some_future_field": {"kept": True},
+        "context": {"presence": {"u": "online"}, "channel": "c1"},
+        "turn_id": 4,
+        "timestamp": 1700000000001,
+        "interruptable": True,
+    }
+    result = await stream(base_url, "/chat/completions", body)
+    assert result.response.code == 200
+    sent = fake_upstream.last.body
+    expected = json.loads(json.dumps(body))
+    for name in ("context", "turn_id", "timestamp", "interruptable"):
+        del expected[name]
+    for message in expected["messages"]:
+        for name in ("turn_id", "timestamp", "metadata"):
+            message.pop(name, None)
+    expected["stream"] = True
+    assert sent == expected
+    record = services.request_log.recent()[-1]
+    assert record["turn_id"] == 4
+    assert record["engine_fields"]["context"] == {"presence": {"u": "online"}, "channel": "c1"}
+    assert record["engine_fields"]["messages"][3] == {"turn_id": 4, "metadata": {"source": "asr"}}
+    assert record["last_user_message"] == "What is the weather?"
+    assert record["messages"] == 4
+
+
+@pytest.mark.gen_test
+async def test_default_model_is_used_when_request_names_none(http_server, base_url, fake_upstream, settings):
+    await stream(base_url, "/chat/completions", {"messages": [USER]})
+    assert fake_upstream.last.body["model"] == settings.model == "gpt-4o-mini"
+
+
+@pytest.mark.gen_test
+async def test_non_streaming_returns_the_upstream_completion(http_server, base_url, fake_upstream):
+    response = await post(base_url, "/chat/completions", {"messages": [USER], "stream": False})
+    assert response.code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    completion = json_of(response)
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"]["content"].startswith("word0")
+    assert "stream" in fake_upstream.last.body and fake_upstream.last.body["stream"] is False
+
+
+@pytest.mark.gen_test
+async def test_request_id_is_echoed_or_generated(http_server, base_url):
+    mine = await post(base_url, "/chat/completions", {"messages": [USER]}, {"X-Request-Id": "abc-123"})
+    assert mine.headers["X-Request-Id"] == "abc-123"
+    generated = await post(base_url, "/chat/completions", {"messages": []})
+    assert generated.code == 400 and generated.headers["X-Request-Id"].startswith("req_")
+    unsafe = await post(base_url, "/chat/completions", {"messages": [USER]}, {"X-Request-Id": "a\tb<c>"})
+    assert unsafe.headers["X-Request-Id"].startswith("req_")
+
+
+BAD_BODIES = [
+    (b"{not json", None, "invalid_json"),
+    (b"[1, 2]", None, "invalid_body"),
+    (b'"text"', None, "invalid_body"),
+    (b'{"model": "m"}', "messages", "missing_required_parameter"),
+    (b'{"messages": []}', "messages", "empty_array"),
+    (b'{"messages": "hi"}', "messages", "invalid_type"),
+    (b'{"messages": ["hi"]}', "messages[0]", "invalid_type"),
+    (b'{"messages": [{"content": "hi"}]}', "messages[0].role", "invalid_type"),
+    (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0].content", "invalid_type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream", "invalid_type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "model": 4}', "model", "invalid_type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', "temperature", "invalid_type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}', "max_tokens", "invalid_type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": true}', "max_tokens", "invalid_type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "tools": {}}', "tools", "invalid_type"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream_options": []}', "stream_options", "invalid_type"),
+    (b"\xff\xfe", None, "invalid_json"),
+]
+
+
+@pytest.mark.parametrize("raw,param,code", BAD_BODIES)
+@pytest.mark.gen_test
+async def test_bad_bodies_get_400_naming_the_field(http_server, base_url, fake_upstream, services, raw, param, code):
+    response = await post(base_url, "/chat/completions", None, raw=raw)
+    assert response.code == 400
+    error = json_of(response)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param and error["code"] == code
+    if param:
+        assert param.split("[")[0] in error["message"]
+    assert fake_upstream.requests == []
+    record = services.request_log.recent()[-1]
+    assert record["outcome"] == "error" and record["status"] == 400
+
+
+@pytest.mark.settings(max_body_bytes=2048)
+@pytest.mark.gen_test
+async def test_body_over_the_limit_gets_413(http_server, base_url, fake_upstream):
+    big = {"messages": [{"role": "user", "content": "x" * 5000}]}
+    response = await post(base_url, "/chat/completions", big)
+    assert response.code == 413
+    assert json_of(response)["error"]["code"] == "request_too_large"
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 429])
+@pytest.mark.gen_test
+async def test_upstream_client_errors_keep_status_and_message(http_server, base_url, fake_upstream, status):
+    fake_upstream.behaviour.status = status
+    fake_upstream.behaviour.error_message = f"upstream says {status}"
+    for stream_flag in (True, False):
+        response = await post(base_url, "/chat/completions", {"messages": [USER], "stream": stream_flag})
+        assert response.code == status
+        assert json_of(response)["error"]["message"] == f"upstream says {status}"
+
+
+@pytest.mark.parametrize("status", [500, 503])
+@pytest.mark.gen_test
+async def test_upstream_server_errors_become_502(http_server, base_url, fake_upstream, status):
+    fake_upstream.behaviour.status = status
+    response = await post(base_url, "/chat/completions", {"messages": [USER], "stream": True})
+    assert response.code == 502
+    error = json_of(response)["error"]
+    assert error["type"] == "server_error" and "fake upstream failure" in error["message"]
+
+
+@pytest.mark.settings(upstream_retries=2)
+@pytest.mark.gen_test
+async def test_failures_before_the_first_byte_are_retried(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.status = 503
+    response = await post(base_url, "/chat/completions", {"messages": [USER], "stream": True})
+    assert response.code == 502
+    assert len(fake_upstream.requests) == 3
+
+
+@pytest.mark.settings(upstream_retries=2)
+@pytest.mark.gen_test
+async def test_a_stream_that_has_started_is_never_retried(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.cut_after = 2
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]})
+    assert len(fake_upstream.requests) == 1
+    assert result.events[-1] == "[DONE]" and "error" in result.events[-2]
+
+
+@pytest.mark.settings(base_url="http://127.0.0.1:9/v1", connect_timeout=2)
+@pytest.mark.gen_test
+async def test_unreachable_upstream_gives_502(http_server, base_url):
+    response = await post(base_url, "/chat/completions", {"messages": [USER], "stream": True})
+    assert response.code == 502
+    assert json_of(response)["error"]["code"] == "upstream_unreachable"
+
+
+@pytest.mark.settings(read_timeout=0.3)
+@pytest.mark.gen_test
+async def test_upstream_timeout_before_headers_gives_504(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.hang_before_headers = True
+    response = await post(base_url, "/chat/completions", {"messages": [USER], "stream": False})
+    assert response.code == 504
+    assert json_of(response)["error"]["code"] == "upstream_timeout"
+
+
+@pytest.mark.settings(first_token_timeout=0.3)
+@pytest.mark.gen_test
+async def test_first_token_timeout_gives_504_and_closes_the_upstream_call(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.hang = True
+    response = await post(base_url, "/chat/completions", {"messages": [USER], "stream": True})
+    assert response.code == 504
+    assert json_of(response)["error"]["code"] == "first_token_timeout"
+    await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
+
+
+@pytest.mark.parametrize(
+    "behaviour,code",
+    [
+        ({"cut_after": 3}, "upstream_stream_broken"),
+        ({"bad_chunk_at": 2}, "upstream_bad_chunk"),
+        ({"error_event_at": 2}, "upstream_error"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_errors_after_streaming_began_become_one_error_event_then_done(
+    http_server, base_url, fake_upstream, services, behaviour, code
+):
+    for name, value in behaviour.items():
+        setattr(fake_upstream.behaviour, name, value)
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]})
+    assert result.response.code == 200
+    *chunks, error, done = result.events
+    assert done == "[DONE]"
+    assert set(error) == {"error"} and error["error"]["code"] == code
+    assert all("choices" in c for c in chunks) and len(chunks) >= 2
+    record = services.request_log.recent()[-1]
+    assert record["outcome"] == "error" and record["error"]
+
+
+async def _leave_and_measure(base_url: str, fake_upstream, wait_marker: bytes | None) -> float:
+    client = RawClient(base_url)
+    await client.send("/chat/completions", {"messages": [USER], "stream": True})
+    if wait_marker:
+        await client.read_until(wait_marker)
+    else:
+        while not fake_upstream.requests:
+            await asyncio.sleep(0.005)
+    # Give the server time to be really waiting on the upstream in this phase.
+    await asyncio.sleep(0.05)
+    left_at = time.perf_counter()
+    client.close()
+    received = fake_upstream.last
+    await asyncio.wait_for(received.closed.wait(), 5)
+    return received.closed_at - left_at
+
+
+@pytest.mark.parametrize(
+    "phase,behaviour,marker",
+    [
+        ("waiting for the upstream's headers", {"hang_before_headers": True}, None),
+        ("waiting for the first token", {"hang": True}, None),
+        ("mid-stream", {"chunk_delay": 0.5, "words": 20}, b"word0"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_client_disconnect_cancels_the_upstream_call_within_100ms(
+    http_server, base_url, fake_upstream, services, phase, behaviour, marker
+):
+    for name, value in behaviour.items():
+        setattr(fake_upstream.behaviour, name, value)
+    delay = await _leave_and_measure(base_url, fake_upstream, marker)
+    assert delay < 0.1, f"upstream closed {delay * 1000:.0f} ms after the client left ({phase})"
+    while services.request_log.in_flight:
+        await asyncio.sleep(0.01)
+    record = services.request_log.recent()[-1]
+    assert record["outcome"] == "cancelled"
+
+
+@pytest.mark.gen_test
+async def test_request_log_record_has_the_fields(http_server, base_url, fake_upstream, services):
+    seen = []
+    services.request_log.subscribe(seen.append)
+    await stream(base_url, "/chat/completions", {"model": "m2", "messages": [USER], "turn_id": 9})
+    record = seen[-1]
+    assert record["endpoint"] == "chat" and record["model"] == "m2" and record["turn_id"] == 9
+    assert record["outcome"] == "ok" and record["status"] == 200
+    assert record["chunks"] == 6 and record["first_chunk_ms"] > 0 and record["total_ms"] >= record["first_chunk_ms"]
+    assert record["last_user_message"] == "Hello there" and record["messages"] == 1
+    assert record["request_id"].startswith("req_")
+
+
+@pytest.mark.settings(log_text_chars=20)
+@pytest.mark.gen_test
+async def test_long_user_messages_are_truncated_in_the_log(http_server, base_url, services):
+    await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "z" * 500}]})
+    assert len(services.request_log.recent()[-1]["last_user_message"]) == 20
+
+
+@pytest.mark.settings(api_key=None)
+@pytest.mark.gen_test
+async def test_no_key_anywhere_is_a_401_and_no_key_is_ever_logged(http_server, base_url, fake_upstream, caplog):
+    response = await post(base_url, "/chat/completions", {"messages": [USER], "stream": True})
+    assert response.code == 401
+    assert json_of(response)["error"]["type"] == "authentication_error"
+    assert fake_upstream.requests == []
+    caller_key = "sk-caller-secret-123"
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]}, {"Authorization": f"Bearer {caller_key}"})
+    assert result.response.code == 200
+    assert fake_upstream.last.headers["Authorization"] == f"Bearer {caller_key}"
+    assert caller_key not in caplog.text
+
+
+@pytest.mark.gen_test
+async def test_the_servers_own_key_wins(http_server, base_url, fake_upstream):
+    await stream(base_url, "/chat/completions", {"messages": [USER]}, {"Authorization": "Bearer sk-caller"})
+    assert fake_upstream.last.headers["Authorization"] == f"Bearer {SERVER_KEY}"
+
+
+@pytest.mark.settings(api_keys=("client-key-1", "client-key-2"))
+@pytest.mark.gen_test
+async def test_api_keys_are_required_and_never_forwarded(http_server, base_url, fake_upstream, services, caplog):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic client-key-1"}):
+        response = await post(base_url, "/chat/completions", {"messages": [USER]}, headers)
+        assert response.code == 401
+        assert json_of(response)["error"]["code"] == "invalid_api_key"
+    assert fake_upstream.requests == []
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]}, {"Authorization": "Bearer client-key-2"})
+    assert result.response.code == 200
+    assert fake_upstream.last.headers["Authorization"] == f"Bearer {SERVER_KEY}"
+    everything_logged = caplog.text + json.dumps(services.request_log.recent())
+    assert "client-key-2" not in everything_logged and SERVER_KEY not in everything_logged
+
+
+@pytest.mark.settings(api_keys=("client-key-1",), api_key=None)
+@pytest.mark.gen_test
+async def test_api_keys_without_a_server_key_leave_nothing_to_forward(http_server, base_url, fake_upstream):
+    response = await post(base_url, "/chat/completions", {"messages": [USER]}, {"Authorization": "Bearer client-key-1"})
+    assert response.code == 401 and json_of(response)["error"]["code"] == "missing_api_key"
