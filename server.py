@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 import tornado.httpserver
+import tornado.netutil
 import tornado.web
 
 from handlers import default_handlers
@@ -52,12 +53,14 @@ async def serve(settings: Settings) -> None:
     services = build_services(settings)
     app = make_app(services)
     server = tornado.httpserver.HTTPServer(app, max_body_size=max_upload_bytes(settings), xheaders=True)
-    server.listen(settings.port, settings.host)
+    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]  # the OS's choice when --port is 0
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
     upstream = services.upstream
     where = f" {upstream.base_url}" if upstream.base_url else ""
     print(
-        f"Custom LLM Server listening on http://{shown_host}:{settings.port} (upstream: {upstream.mode}{where})",
+        f"Custom LLM Server listening on http://{shown_host}:{port} (upstream: {upstream.mode}{where})",
         flush=True,
     )
 

@@ -105,7 +105,7 @@ class ApiHandler(BaseHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
 
-    def log_exception(self, typ, value, tb) -> None:  # noqa: ANN001 - Tornado's signature
+    def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, ApiError):
             return  # an expected refusal; the request log has it
         super().log_exception(typ, value, tb)

@@ -32,14 +32,14 @@ class CompletionEndpoint(ApiHandler):
         return self.services.upstream
 
     def initialize(self) -> None:
-        self._work: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None  # the task running post(), cancelled when the client leaves
         self._client_gone = False
 
     def on_connection_close(self) -> None:
         # The Agora engine closes the connection on barge-in: stop generating and cancel the upstream call now.
         self._client_gone = True
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
     async def post(self) -> None:
         self.record = self.request_log.begin(self.request_id, self.endpoint)
@@ -54,9 +54,12 @@ class CompletionEndpoint(ApiHandler):
             self._describe(chat)
             if self._client_gone:
                 raise asyncio.CancelledError
-            self._work = asyncio.ensure_future(self.respond(chat, api_key))
-            await self._work
+            self._task = asyncio.current_task()
+            await self.respond(chat, api_key)
         except (asyncio.CancelledError, StreamClosedError):
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                current.uncancel()  # the cancellation was ours and ends here
             self.record.cancel()
         except ApiError as error:
             self.record.fail(error.status if not self.events.started else 200, error.message)
@@ -67,6 +70,7 @@ class CompletionEndpoint(ApiHandler):
             self.record.fail(500 if not self.events.started else 200, "internal error (see the server log)")
             await self._report(error)
         finally:
+            self._task = None
             self.request_log.finish(self.record)
 
     def _describe(self, chat: ChatRequest) -> None:
@@ -96,8 +100,9 @@ class CompletionEndpoint(ApiHandler):
         chunks = self.upstream.stream(body, api_key, passages)
         try:
             try:
-                first = await asyncio.wait_for(anext(chunks), self.config.first_token_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.config.first_token_timeout):
+                    first = await anext(chunks)
+            except TimeoutError:
                 raise ApiError(
                     504,
                     f"The upstream LLM sent no token within {self.config.first_token_timeout:g} s.",

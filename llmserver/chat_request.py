@@ -104,7 +104,9 @@ def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
 
     messages = body.get("messages")
     if messages is None:
-        raise ApiError(400, "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+        raise ApiError(
+            400, "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
+        )
     if not isinstance(messages, list):
         raise ApiError(400, "'messages' must be a list of message objects.", param="messages", code="invalid_type")
     if not messages:
@@ -118,7 +120,10 @@ def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise ApiError(
-                400, f"'{param}.content' must be a string or a list of parts.", param=f"{param}.content", code="invalid_type"
+                400,
+                f"'{param}.content' must be a string or a list of parts.",
+                param=f"{param}.content",
+                code="invalid_type",
             )
 
     for name, (types, described) in _FIELD_TYPES.items():

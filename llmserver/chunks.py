@@ -42,9 +42,7 @@ class ChunkFactory:
             "usage": usage,
         }
 
-    def completion(
-        self, message: dict[str, Any], usage: dict[str, int], finish_reason: str = "stop"
-    ) -> dict[str, Any]:
+    def completion(self, message: dict[str, Any], usage: dict[str, int], finish_reason: str = "stop") -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "chat.completion",

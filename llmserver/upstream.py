@@ -6,6 +6,7 @@ objects and serialising it again would cost several times more and change nothin
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from .sse import SSELineReader
 
 # Statuses whose meaning the client can act on are passed on; other upstream 4xx too; 5xx become 502.
 _KEPT_STATUSES = {400, 401, 403, 404, 409, 413, 422, 429}
+_DRAIN_SECONDS = 1.0
 
 
 class Passage(Protocol):
@@ -46,6 +48,16 @@ class Upstream(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _refused(exc: BaseException) -> bool:
+    """True when the connection was refused or reset: the aiohttp transport reports that as a connect timeout."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and not isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def upstream_error(exc: openai.APIError) -> ApiError:
     """Turns an SDK exception into the error the client sees: the upstream's status and message where useful."""
     if isinstance(exc, openai.APIStatusError):
@@ -61,11 +73,25 @@ def upstream_error(exc: openai.APIError) -> ApiError:
                 code=str(body["code"]) if body.get("code") is not None else None,
             )
         return ApiError(502, f"Upstream error (HTTP {exc.status_code}): {message}", code="upstream_error")
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return ApiError(504, "The upstream LLM timed out.", code="upstream_timeout")
     if isinstance(exc, openai.APIConnectionError):
         return ApiError(502, "The upstream LLM could not be reached.", code="upstream_unreachable")
     return ApiError(502, f"Upstream error: {exc}", code="upstream_error")
+
+
+async def _drain(received: AsyncIterator[bytes]) -> None:
+    """Reads what follows [DONE] (the end of the chunked body) so the connection goes back to the pool.
+
+    Closing a response that is not fully read closes its connection, and a new TCP connection per request
+    costs more than the whole relay. An upstream that keeps the stream open after [DONE] gets a second.
+    """
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in received:
+                pass
+    except (TimeoutError, httpx2.HTTPError):
+        pass
 
 
 class OpenAIUpstream:
@@ -80,6 +106,9 @@ class OpenAIUpstream:
             base_url=self.base_url,
             max_retries=settings.upstream_retries,
             timeout=httpx2.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            # aiohttp as the transport: measured several times faster per request than the default under load
+            # (httpcore checks every pooled connection with a syscall on each request).
+            http_client=openai.DefaultAioHttpClient(),
         )
 
     def _options(self, api_key: str | None) -> dict[str, Any]:
@@ -101,10 +130,12 @@ class OpenAIUpstream:
         except openai.APIError as exc:
             raise upstream_error(exc) from None
         reader = SSELineReader()
+        received = response.aiter_bytes()
         try:
-            async for data in response.aiter_bytes():
+            async for data in received:
                 for payload in reader.feed(data):
                     if payload == b"[DONE]":
+                        await _drain(received)
                         return
                     yield payload
         except httpx2.TimeoutException:

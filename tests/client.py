@@ -24,7 +24,9 @@ class StreamResult:
     @property
     def text(self) -> str:
         return "".join(
-            (c["choices"][0]["delta"].get("content") or "") for c in self.chunks if c.get("choices") and "error" not in c
+            (c["choices"][0]["delta"].get("content") or "")
+            for c in self.chunks
+            if c.get("choices") and "error" not in c
         )
 
 

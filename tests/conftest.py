@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 
 import pytest
 import tornado.ioloop
@@ -18,6 +19,14 @@ SERVER_KEY = "sk-server-key-for-tests"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "settings(**overrides): settings of the server under test")
+
+
+@pytest.fixture(autouse=True)
+def no_errors_logged(caplog):
+    """An unexpected exception inside the server is a failure even when the client got a clean error."""
+    yield
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR and r.name.startswith("llmserver")]
+    assert not errors, "the server logged errors: " + "; ".join(r.getMessage() for r in errors)
 
 
 @pytest.fixture

@@ -333,7 +333,9 @@ async def test_no_key_anywhere_is_a_401_and_no_key_is_ever_logged(http_server, b
     assert json_of(response)["error"]["type"] == "authentication_error"
     assert fake_upstream.requests == []
     caller_key = "sk-caller-secret-123"
-    result = await stream(base_url, "/chat/completions", {"messages": [USER]}, {"Authorization": f"Bearer {caller_key}"})
+    result = await stream(
+        base_url, "/chat/completions", {"messages": [USER]}, {"Authorization": f"Bearer {caller_key}"}
+    )
     assert result.response.code == 200
     assert fake_upstream.last.headers["Authorization"] == f"Bearer {caller_key}"
     assert caller_key not in caplog.text

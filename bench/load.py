@@ -1,0 +1,99 @@
+"""A small load generator on raw asyncio sockets: keep-alive HTTP/1.1 streams, timed to the first SSE chunk.
+
+Raw sockets keep the client's own cost low and equal for every target, so ratios compare the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoadResult:
+    first_chunk_ms: list[float] = field(default_factory=list)
+    completed: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def streams_per_second(self) -> float:
+        return self.completed / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        return percentile(self.first_chunk_ms, p)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def request_bytes(port: int, path: str, body: dict, headers: dict[str, str] | None = None) -> bytes:
+    data = json.dumps(body).encode()
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Type: application/json"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    lines.append(f"Content-Length: {len(data)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+async def _one_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes, first_marker: bytes):
+    """Sends one request on a kept-alive connection; returns (ms to first chunk, ok)."""
+    start = time.perf_counter()
+    writer.write(request)
+    buffer = b""
+    first = None
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return first, False
+        buffer += data
+        if first is None and first_marker in buffer:
+            first = (time.perf_counter() - start) * 1000
+        if buffer.endswith(b"\r\n0\r\n\r\n"):  # the end of a chunked response
+            return first, b"[DONE]" in buffer
+
+
+async def run_load(
+    port: int,
+    path: str,
+    body: dict,
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    first_marker: bytes = b"data: ",
+) -> LoadResult:
+    """`concurrency` connections, each sending one stream after another for `seconds`."""
+    request = request_bytes(port, path, body, headers)
+    result = LoadResult()
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                first, ok = await _one_stream(reader, writer, request, first_marker)
+                if ok and first is not None:
+                    result.first_chunk_ms.append(first)
+                    result.completed += 1
+                else:
+                    result.errors += 1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,49 @@
+"""Starts the fake upstream and the server as separate processes on ports the OS picks, and stops them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def fake_upstream(words: int = 20) -> Iterator[int]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_upstream", "--words", str(words)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield int(process.stdout.readline())
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def llm_server(upstream_port: int | None, *args: str, **env: str) -> Iterator[int]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
+    if upstream_port is not None:
+        environment["OPENAI_BASE_URL"] = f"http://127.0.0.1:{upstream_port}/v1"
+        environment["OPENAI_API_KEY"] = "sk-bench"
+    environment.update(env)
+    process = subprocess.Popen(
+        [sys.executable, "server.py", "--port", "0", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=environment,
+    )
+    try:
+        line = process.stdout.readline()
+        yield int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+    finally:
+        process.terminate()
+        process.wait(15)

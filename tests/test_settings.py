@@ -1,0 +1,45 @@
+"""Settings from flags and environment variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmserver.settings import load_settings
+
+
+def test_defaults_are_offline_on_port_8000():
+    settings = load_settings([], {})
+    assert settings.port == 8000 and settings.upstream == "offline" and settings.model == "gpt-4o-mini"
+    assert settings.max_body_bytes == 1024 * 1024
+
+
+def test_a_key_or_a_base_url_selects_openai_and_aliases_work():
+    assert load_settings([], {"OPENAI_API_KEY": "sk-1"}).upstream == "openai"
+    aliased = load_settings([], {"LLM_BASE_URL": "http://127.0.0.1:1/v1", "LLM_API_KEY": "k"})
+    assert aliased.upstream == "openai" and aliased.base_url == "http://127.0.0.1:1/v1" and aliased.api_key == "k"
+    assert load_settings(["--upstream", "offline"], {"OPENAI_API_KEY": "sk-1"}).upstream == "offline"
+
+
+def test_flags_win_over_environment():
+    settings = load_settings(["--port", "9001", "--host", "0.0.0.0"], {"PORT": "9000", "HOST": "127.0.0.1"})
+    assert (settings.host, settings.port) == ("0.0.0.0", 9001)
+    assert load_settings([], {"PORT": "9000"}).port == 9000
+
+
+def test_api_keys_and_waiting_messages_are_lists():
+    settings = load_settings([], {"API_KEYS": "a, b,,c", "RAG_WAITING_MESSAGES": "One moment|Hold on"})
+    assert settings.api_keys == ("a", "b", "c")
+    assert settings.waiting_messages == ("One moment", "Hold on")
+
+
+@pytest.mark.parametrize("argv", [["--port", "x"], ["--upstream", "claude"], ["--audio-pace", "fast"]])
+def test_bad_values_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings(argv, {})
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_keys_are_not_in_the_repr():
+    settings = load_settings([], {"OPENAI_API_KEY": "sk-secret", "API_KEYS": "k-secret", "ADMIN_TOKEN": "t-secret"})
+    assert "secret" not in repr(settings)
