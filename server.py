@@ -19,7 +19,7 @@ import tornado.web
 
 from handlers import default_handlers
 from handlers.base import NotFoundHandler
-from llmserver.services import Services, build_services
+from llmserver.services import Services, StartupError, build_services
 from llmserver.settings import Settings, load_settings
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -86,10 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-class StartupError(Exception):
-    """A problem that stops the server from starting (an invalid knowledge base, for example)."""
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from . import completions, models
+from . import completions, models, rag
 
 default_handlers = [
     *completions.default_handlers,
     *models.default_handlers,
+    *rag.default_handlers,
 ]

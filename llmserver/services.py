@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .knowledge import KnowledgeBase, KnowledgeError
 from .offline import OfflineResponder
 from .request_log import RequestLog
 from .settings import Settings
 from .upstream import OpenAIUpstream, Upstream
+
+
+class StartupError(Exception):
+    """A problem that stops the server from starting; the message names the file and the problem."""
 
 
 @dataclass
@@ -15,6 +20,7 @@ class Services:
     settings: Settings
     upstream: Upstream
     request_log: RequestLog
+    knowledge_base: KnowledgeBase
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -26,9 +32,22 @@ def build_upstream(settings: Settings) -> Upstream:
     return OfflineResponder(word_delay=settings.offline_word_delay)
 
 
+def load_knowledge_base(settings: Settings) -> KnowledgeBase:
+    try:
+        return KnowledgeBase.load(
+            settings.knowledge_file,
+            max_documents=settings.max_documents,
+            max_document_chars=settings.max_document_chars,
+        )
+    except KnowledgeError as exc:
+        raise StartupError(f"invalid knowledge base, not starting (the file is left untouched): {exc}") from None
+
+
 def build_services(settings: Settings) -> Services:
+    knowledge_base = load_knowledge_base(settings)
     return Services(
         settings=settings,
         upstream=build_upstream(settings),
         request_log=RequestLog(settings.request_log_size, settings.log_text_chars),
+        knowledge_base=knowledge_base,
     )

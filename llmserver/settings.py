@@ -42,7 +42,7 @@ class Settings:
     # RAG
     knowledge_file: str = "knowledge.json"
     rag_top_k: int = 3
-    rag_min_score: float = 0.5
+    rag_min_score: float = 1.2
     rag_waiting_message: bool = True
     waiting_messages: tuple[str, ...] = DEFAULT_WAITING_MESSAGES
     rag_template: str = DEFAULT_RAG_TEMPLATE

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import shutil
 
 import pytest
 import tornado.ioloop
@@ -15,6 +17,8 @@ from server import make_app
 from tests.fake_upstream import FakeUpstream
 
 SERVER_KEY = "sk-server-key-for-tests"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_KNOWLEDGE = os.path.join(ROOT, "knowledge.json")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,6 +52,8 @@ def fake_upstream(io_loop):
 
 @pytest.fixture
 def settings(request, fake_upstream, tmp_path) -> Settings:
+    """Settings of the server under test: the fake upstream, and a copy of the shipped knowledge base."""
+    shutil.copy(SHIPPED_KNOWLEDGE, tmp_path / "knowledge.json")
     base = Settings(
         upstream="openai",
         base_url=fake_upstream.base_url,

@@ -38,6 +38,12 @@ async def start_server(tmp_path, *args: str, **env: str) -> tuple[asyncio.subpro
     return process, url, line
 
 
+async def stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
 async def open_stream(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     port = int(url.rsplit(":", 1)[1])
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -62,9 +68,7 @@ async def test_start_line_and_graceful_shutdown_lets_running_streams_finish(tmp_
         writer.close()
         await writer.wait_closed()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await stop(process)
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -80,6 +84,27 @@ async def test_shutdown_grace_bounds_the_wait(tmp_path, io_loop):
         writer.close()
         await writer.wait_closed()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await stop(process)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_invalid_knowledge_base_stops_the_start_and_is_left_untouched(tmp_path, io_loop):
+    broken = '{"documents": [{"id": "ok", "content": "fine"}, {"id": "ok", "content": "twice"}]}'
+    (tmp_path / "knowledge.json").write_text(broken)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        os.path.join(ROOT, "server.py"),
+        "--port",
+        "0",
+        "--knowledge",
+        str(tmp_path / "knowledge.json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2 and b"listening" not in stdout
+    message = stderr.decode()
+    assert str(tmp_path / "knowledge.json") in message and "'ok' appears twice" in message
+    assert "Traceback" not in message
+    assert (tmp_path / "knowledge.json").read_text() == broken

@@ -1,0 +1,275 @@
+"""The knowledge base: documents in memory, their BM25 index, and knowledge.json, saved atomically.
+
+Every change is validated first, then applied to the index (the next request sees it), then saved; the version
+number grows with every change, and each document remembers the version of its last change, so an editor who
+read an older version can be told of a conflicting edit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .retrieval import BM25Index
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FIELDS = {"id", "title", "content", "tags", "enabled"}
+MAX_TITLE_CHARS = 300
+MAX_TAGS = 32
+MAX_TAG_CHARS = 64
+
+
+class KnowledgeError(ValueError):
+    """A document or file that cannot be accepted; the message says which and why."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+class DocumentNotFound(KnowledgeError):
+    def __init__(self, doc_id: str) -> None:
+        super().__init__(f"No document with id {doc_id!r}.", field="id", status=404)
+
+
+class EditConflict(KnowledgeError):
+    def __init__(self, doc_id: str, read_version: int, changed_version: int) -> None:
+        super().__init__(
+            f"Document {doc_id!r} was changed (at version {changed_version}) after you read it (at version "
+            f"{read_version}). Reload it and apply your edit again.",
+            field="version",
+            status=409,
+        )
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    title: str
+    content: str
+    tags: tuple[str, ...]
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "content": self.content,
+            "tags": list(self.tags),
+            "score": self.score,
+        }
+
+
+def validate_document(data: Any, max_chars: int, where: str = "document") -> dict[str, Any]:
+    """Returns the document in its normal form, or raises KnowledgeError naming the field."""
+    if not isinstance(data, dict):
+        raise KnowledgeError(f"{where} must be a JSON object.")
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise KnowledgeError(f"{where} has unknown field(s): {', '.join(sorted(unknown))}.", field=sorted(unknown)[0])
+    doc_id = data.get("id")
+    if not isinstance(doc_id, str) or not _ID.match(doc_id):
+        raise KnowledgeError(f"{where}: 'id' must be 1-64 letters, digits, '-' or '_'.", field="id")
+    where = f"document {doc_id!r}"
+    content = data.get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise KnowledgeError(f"{where}: 'content' is required and must be non-empty text.", field="content")
+    if len(content) > max_chars:
+        raise KnowledgeError(f"{where}: 'content' is longer than {max_chars} characters.", field="content")
+    title = data.get("title", "")
+    if not isinstance(title, str) or len(title) > MAX_TITLE_CHARS:
+        raise KnowledgeError(f"{where}: 'title' must be text of at most {MAX_TITLE_CHARS} characters.", field="title")
+    tags = data.get("tags", [])
+    if (
+        not isinstance(tags, list)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and 0 < len(t) <= MAX_TAG_CHARS for t in tags)
+    ):
+        raise KnowledgeError(
+            f"{where}: 'tags' must be a list of at most {MAX_TAGS} short non-empty strings.", field="tags"
+        )
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise KnowledgeError(f"{where}: 'enabled' must be true or false.", field="enabled")
+    return {"id": doc_id, "title": title.strip(), "content": content.strip(), "tags": tags, "enabled": enabled}
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Temporary file in the same folder, fsync, rename: a crash leaves the old file or the new, never half of one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class KnowledgeBase:
+    def __init__(self, path: str, *, max_documents: int = 20000, max_document_chars: int = 100_000) -> None:
+        self.path = path
+        self.max_documents = max_documents
+        self.max_document_chars = max_document_chars
+        self.version = 0
+        self._documents: dict[str, dict[str, Any]] = {}  # insertion order is the file's order
+        self._changed_at: dict[str, int] = {}
+        self._lock = threading.Lock()  # writers may run in a thread; readers take a consistent snapshot
+        self._index = BM25Index([])
+        self._indexed: list[str] = []
+
+    # Loading and saving -------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str, **limits: int) -> KnowledgeBase:
+        """Reads `path`; a missing file is an empty knowledge base. Raises KnowledgeError for an invalid one."""
+        base = cls(path, **limits)
+        if not os.path.exists(path):
+            return base
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise KnowledgeError(f"{path}: not valid JSON ({exc}).") from None
+        base._replace_all(base.parse_file_data(data, where=path))
+        if isinstance(data.get("version"), int) and data["version"] > 0:
+            base.version = data["version"]
+        return base
+
+    def parse_file_data(self, data: Any, where: str = "knowledge base") -> list[dict[str, Any]]:
+        if not isinstance(data, dict) or not isinstance(data.get("documents"), list):
+            raise KnowledgeError(f'{where}: expected {{"documents": [...]}}.')
+        documents = data["documents"]
+        if len(documents) > self.max_documents:
+            raise KnowledgeError(f"{where}: {len(documents)} documents, more than the limit of {self.max_documents}.")
+        seen: set[str] = set()
+        result = []
+        for position, raw in enumerate(documents):
+            try:
+                document = validate_document(raw, self.max_document_chars, where=f"document #{position + 1}")
+            except KnowledgeError as exc:
+                raise KnowledgeError(f"{where}: {exc}", field=exc.field) from None
+            if document["id"] in seen:
+                raise KnowledgeError(f"{where}: document id {document['id']!r} appears twice.", field="id")
+            seen.add(document["id"])
+            result.append(document)
+        return result
+
+    def _serialise(self) -> bytes:
+        data = {"version": self.version, "documents": list(self._documents.values())}
+        return (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode()
+
+    def _commit(self, documents: dict[str, dict[str, Any]], changed: list[str]) -> None:
+        """Saves the new state, then makes it current; a failed save leaves memory and file as they were."""
+        previous = (self._documents, self.version)
+        self._documents, self.version = documents, self.version + 1
+        try:
+            write_atomically(self.path, self._serialise())
+        except OSError:
+            self._documents, self.version = previous
+            raise
+        for doc_id in changed:
+            self._changed_at[doc_id] = self.version
+        self._reindex()
+
+    def _replace_all(self, documents: list[dict[str, Any]]) -> None:
+        self._documents = {d["id"]: d for d in documents}
+        self._changed_at = {d["id"]: 0 for d in documents}
+        self._reindex()
+
+    def _reindex(self) -> None:
+        enabled = [d for d in self._documents.values() if d["enabled"]]
+        # Title twice: a word in the title says more about the document than one in its body.
+        index = BM25Index([f"{d['title']}\n{d['title']}\n{' '.join(d['tags'])}\n{d['content']}" for d in enabled])
+        self._index, self._indexed = index, [d["id"] for d in enabled]
+
+    # Reading ------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self._with_version(d) for d in self._documents.values()]
+
+    def get(self, doc_id: str) -> dict[str, Any]:
+        document = self._documents.get(doc_id)
+        if document is None:
+            raise DocumentNotFound(doc_id)
+        return self._with_version(document)
+
+    def _with_version(self, document: dict[str, Any]) -> dict[str, Any]:
+        return {**copy.deepcopy(document), "changed_at_version": self._changed_at.get(document["id"], 0)}
+
+    def export(self) -> dict[str, Any]:
+        return {"version": self.version, "documents": copy.deepcopy(list(self._documents.values()))}
+
+    def search(self, query: str, k: int = 3, min_score: float = 0.0) -> list[SearchHit]:
+        index, indexed, documents = self._index, self._indexed, self._documents  # one consistent snapshot
+        hits = []
+        for position, score in index.search(query, k, min_score):
+            document = documents.get(indexed[position])
+            if document is not None:
+                hits.append(
+                    SearchHit(document["id"], document["title"], document["content"], tuple(document["tags"]), score)
+                )
+        return hits
+
+    # Changing -----------------------------------------------------------------------------------------------
+
+    def add(self, data: Any) -> dict[str, Any]:
+        document = validate_document(data, self.max_document_chars)
+        with self._lock:
+            if document["id"] in self._documents:
+                raise KnowledgeError(f"A document with id {document['id']!r} already exists.", field="id", status=409)
+            if len(self._documents) >= self.max_documents:
+                raise KnowledgeError(f"The knowledge base holds its limit of {self.max_documents} documents.")
+            self._commit({**self._documents, document["id"]: document}, [document["id"]])
+            return self.get(document["id"])
+
+    def update(self, doc_id: str, data: Any, read_version: int | None = None) -> dict[str, Any]:
+        """Replaces a document; with `read_version`, refuses (409) if it changed after that version."""
+        if isinstance(data, dict):
+            data = {**data, "id": data.get("id", doc_id)}
+        document = validate_document(data, self.max_document_chars)
+        if document["id"] != doc_id:
+            raise KnowledgeError("The document's id cannot be changed.", field="id")
+        with self._lock:
+            if doc_id not in self._documents:
+                raise DocumentNotFound(doc_id)
+            changed = self._changed_at.get(doc_id, 0)
+            if read_version is not None and changed > read_version:
+                raise EditConflict(doc_id, read_version, changed)
+            self._commit({**self._documents, doc_id: document}, [doc_id])
+            return self.get(doc_id)
+
+    def delete(self, doc_id: str) -> None:
+        with self._lock:
+            if doc_id not in self._documents:
+                raise DocumentNotFound(doc_id)
+            remaining = {k: v for k, v in self._documents.items() if k != doc_id}
+            self._commit(remaining, [])
+            self._changed_at.pop(doc_id, None)
+
+    def replace_all(self, data: Any) -> None:
+        """Imports a whole knowledge.json: all of it is validated before anything changes."""
+        documents = self.parse_file_data(data, where="imported file")
+        with self._lock:
+            self._commit({d["id"]: d for d in documents}, [d["id"] for d in documents])
+            self._changed_at = {d["id"]: self.version for d in documents}

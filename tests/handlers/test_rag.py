@@ -1,0 +1,172 @@
+"""POST /rag/chat/completions: waiting message first, retrieval, context injection, offline answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from llmserver.rag import WAITING_MESSAGE_ID
+from llmserver.settings import DEFAULT_WAITING_MESSAGES
+from tests.client import RawClient, json_of, post, stream
+
+QUESTION = {"role": "user", "content": "How do I connect this server to Agora?"}
+SYSTEM = {"role": "system", "content": "You are a voice assistant."}
+
+
+@pytest.mark.gen_test
+async def test_waiting_message_comes_first_then_the_upstream_stream(http_server, base_url, fake_upstream):
+    result = await stream(base_url, "/rag/chat/completions", {"model": "m", "messages": [SYSTEM, QUESTION]})
+    assert result.response.code == 200
+    waiting, *rest = result.chunks
+    assert waiting["id"] == WAITING_MESSAGE_ID and waiting["object"] == "chat.completion.chunk"
+    assert waiting["model"] == "m" and isinstance(waiting["created"], int)
+    choice = waiting["choices"][0]
+    assert choice["delta"]["role"] == "assistant" and choice["delta"]["content"] in DEFAULT_WAITING_MESSAGES
+    assert choice["finish_reason"] is None and choice["logprobs"] is None and choice["index"] == 0
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in rest).startswith("word0")
+    assert result.events[-1] == "[DONE]"
+
+
+@pytest.mark.gen_test
+async def test_waiting_message_leaves_before_the_upstream_is_called(http_server, base_url, fake_upstream, services):
+    fake_upstream.behaviour.hang_before_headers = True  # a slow upstream: it never answers
+    client = RawClient(base_url)
+    await client.send("/rag/chat/completions", {"messages": [QUESTION], "stream": True})
+    received = await asyncio.wait_for(client.read_until(b"\n\n"), 10)
+    assert WAITING_MESSAGE_ID.encode() in received
+    while not fake_upstream.requests:
+        await asyncio.sleep(0.005)
+    client.close()
+    await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
+    while services.request_log.in_flight:
+        await asyncio.sleep(0.005)
+    record = services.request_log.recent()[-1]
+    sent_at = record["started_at"] + record["first_chunk_ms"] / 1000
+    # The server and the fake share a clock: the waiting message was written before the upstream got the call.
+    called_at = time.time() - (time.perf_counter() - fake_upstream.last.opened_at)
+    assert sent_at < called_at
+    assert record["outcome"] == "cancelled"
+
+
+@pytest.mark.gen_test
+async def test_retrieved_passages_go_upstream_after_the_requests_system_messages(http_server, base_url, fake_upstream):
+    developer = {"role": "developer", "content": "Answer in one sentence."}
+    history = [
+        SYSTEM,
+        developer,
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        QUESTION,
+    ]
+    await stream(base_url, "/rag/chat/completions", {"messages": history})
+    sent = fake_upstream.last.body["messages"]
+    assert sent[:2] == [SYSTEM, developer] and sent[3:] == history[2:]
+    context = sent[2]
+    assert context["role"] == "system"
+    assert "Connecting Agora's Conversational AI engine" in context["content"]
+    assert "say that you do not know" in context["content"]
+
+
+@pytest.mark.gen_test
+async def test_no_hits_leaves_the_request_unchanged_and_the_log_says_so(http_server, base_url, fake_upstream, services):
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    await stream(base_url, "/rag/chat/completions", {"messages": messages})
+    assert fake_upstream.last.body["messages"] == messages
+    retrieval = services.request_log.recent()[-1]["details"]["retrieval"]
+    assert retrieval["hits"] == [] and retrieval["query"] == "What is the weather in Paris?"
+
+
+@pytest.mark.gen_test
+async def test_the_log_records_hits_with_scores_and_time(http_server, base_url, services):
+    await stream(base_url, "/v1/rag/chat/completions", {"messages": [QUESTION]})
+    record = services.request_log.recent()[-1]
+    assert record["endpoint"] == "rag" and record["outcome"] == "ok"
+    retrieval = record["details"]["retrieval"]
+    assert retrieval["hits"][0]["id"] == "connect-agora" and retrieval["hits"][0]["score"] > 0
+    assert retrieval["ms"] >= 0 and len(retrieval["hits"]) <= 3
+
+
+@pytest.mark.gen_test
+async def test_multi_part_user_content_is_the_query(http_server, base_url, fake_upstream):
+    question = {"role": "user", "content": [{"type": "text", "text": "怎么编辑"}, {"type": "text", "text": "知识库？"}]}
+    await stream(base_url, "/rag/chat/completions", {"messages": [question]})
+    assert "知识库怎么编辑" in fake_upstream.last.body["messages"][0]["content"]
+
+
+@pytest.mark.gen_test
+async def test_edits_are_visible_to_the_next_request(http_server, base_url, fake_upstream, services):
+    question = {"role": "user", "content": "Which garage do guests use?"}
+    await stream(base_url, "/rag/chat/completions", {"messages": [question]})
+    assert fake_upstream.last.body["messages"] == [question]
+    services.knowledge_base.add({"id": "parking", "title": "Guest parking", "content": "Guests use garage B."})
+    await stream(base_url, "/rag/chat/completions", {"messages": [question]})
+    assert "garage B" in fake_upstream.last.body["messages"][0]["content"]
+
+
+@pytest.mark.gen_test
+async def test_non_streaming_has_no_waiting_message_and_is_augmented(http_server, base_url, fake_upstream):
+    response = await post(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
+    assert json_of(response)["object"] == "chat.completion"
+    assert fake_upstream.last.body["messages"][0]["role"] == "system"
+
+
+@pytest.mark.settings(rag_waiting_message=False)
+@pytest.mark.gen_test
+async def test_waiting_message_can_be_turned_off(http_server, base_url):
+    result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
+    assert all(c["id"] != WAITING_MESSAGE_ID for c in result.chunks)
+
+
+@pytest.mark.settings(waiting_messages=("Hold on.",), rag_template="KNOWLEDGE:\n{passages}\nEND")
+@pytest.mark.gen_test
+async def test_waiting_messages_and_template_are_configurable(http_server, base_url, fake_upstream):
+    result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
+    assert result.chunks[0]["choices"][0]["delta"]["content"] == "Hold on."
+    context = fake_upstream.last.body["messages"][0]["content"]
+    assert context.startswith("KNOWLEDGE:\n[1] Connecting Agora") and context.endswith("END")
+
+
+@pytest.mark.settings(upstream="offline", api_key=None, base_url=None)
+@pytest.mark.gen_test
+async def test_offline_answers_from_the_best_passage_naming_its_title(http_server, base_url):
+    result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
+    assert result.chunks[0]["id"] == WAITING_MESSAGE_ID
+    assert result.text.split("...", 1)[-1].startswith("From the knowledge base, \"Connecting Agora's")
+    assert "vendor to custom" in result.text
+    chinese = await stream(
+        base_url, "/rag/chat/completions", {"messages": [{"role": "user", "content": "怎么编辑知识库？"}]}
+    )
+    assert "知识库怎么编辑" in chinese.text
+
+
+@pytest.mark.gen_test
+async def test_bad_input_gets_the_same_errors_as_chat(http_server, base_url, fake_upstream):
+    response = await post(base_url, "/rag/chat/completions", None, raw=b'{"messages": []}')
+    assert response.code == 400 and json_of(response)["error"]["param"] == "messages"
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.parametrize("behaviour", [{"hang_before_headers": True}, {"hang": True}])
+@pytest.mark.gen_test
+async def test_leaving_after_the_waiting_message_cancels_retrieval_and_upstream(
+    http_server, base_url, fake_upstream, services, behaviour
+):
+    for name, value in behaviour.items():
+        setattr(fake_upstream.behaviour, name, value)
+    client = RawClient(base_url)
+    await client.send("/rag/chat/completions", {"messages": [QUESTION], "stream": True})
+    await client.read_until(WAITING_MESSAGE_ID.encode())
+    if behaviour.get("hang"):
+        while not fake_upstream.requests:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # the upstream has answered its headers: now waiting for the first token
+    left_at = time.perf_counter()
+    client.close()
+    while services.request_log.in_flight:
+        await asyncio.sleep(0.005)
+    assert services.request_log.recent()[-1]["outcome"] == "cancelled"
+    if fake_upstream.requests:  # the client may leave before the upstream call was made
+        await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
+        assert fake_upstream.last.closed_at - left_at < 0.1

@@ -1,0 +1,205 @@
+"""The KnowledgeBase service: retrieval quality on the shipped documents, edits, persistence, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from llmserver.knowledge import DocumentNotFound, EditConflict, KnowledgeBase, KnowledgeError
+from tests.conftest import SHIPPED_KNOWLEDGE
+
+RETRIEVAL_TABLE = [
+    ("How do I connect this server to Agora?", "connect-agora"),
+    ("What happens when the user interrupts?", "barge-in"),
+    ("How does the waiting message work?", "waiting-message"),
+    ("Which audio formats can I upload?", "audio-library"),
+    ("How do I stop the server?", "shutdown"),
+    ("What is offline mode?", "offline-mode"),
+    ("Where are API keys configured?", "api-keys"),
+    ("what does the knowledge.json file look like", "knowledge-file"),
+    ("What fields does the Agora engine add to requests?", "agora-fields"),
+    ("How is the stream formatted? What is data: [DONE]?", "streaming-format"),
+    ("怎么连接声网的对话式AI引擎？", "zh-connect"),
+    ("怎么编辑知识库？", "zh-knowledge"),
+    ("音频回复是什么格式？", "zh-audio"),
+    ("等待提示语可以关闭吗？", "zh-waiting"),
+    ("自定义大模型服务是什么？", "zh-overview"),
+]
+
+
+@pytest.fixture
+def shipped() -> KnowledgeBase:
+    return KnowledgeBase.load(SHIPPED_KNOWLEDGE)
+
+
+@pytest.fixture
+def kb(tmp_path) -> KnowledgeBase:
+    return KnowledgeBase.load(str(tmp_path / "kb.json"))
+
+
+def test_shipped_knowledge_base_has_english_and_chinese_documents(shipped):
+    documents = shipped.list()
+    assert 15 <= len(documents) <= 30
+    assert sum(any("\u4e00" <= ch <= "\u9fff" for ch in d["content"]) for d in documents) >= 3
+
+
+@pytest.mark.parametrize("question,expected", RETRIEVAL_TABLE)
+def test_each_question_retrieves_its_document_first(shipped, question, expected):
+    hits = shipped.search(question, k=3, min_score=1.2)
+    assert hits, f"nothing retrieved for {question!r}"
+    assert hits[0].id == expected, [(h.id, h.score) for h in hits]
+    assert all(hits[i].score >= hits[i + 1].score for i in range(len(hits) - 1))
+
+
+def test_unrelated_questions_retrieve_nothing(shipped):
+    assert shipped.search("What is the weather in Paris?", k=3, min_score=1.2) == []
+    assert shipped.search("", k=3) == []
+    assert shipped.search("???", k=3) == []
+
+
+def test_top_k_and_min_score_limit_the_hits(shipped):
+    assert len(shipped.search("audio clips agora engine server", k=2)) == 2
+    everything = shipped.search("audio clips agora engine server", k=50)
+    high = shipped.search("audio clips agora engine server", k=50, min_score=everything[2].score)
+    assert len(high) < len(everything) and all(h.score >= everything[2].score for h in high)
+
+
+def test_disabled_documents_are_left_out(tmp_path, shipped):
+    kb = KnowledgeBase.load(str(tmp_path / "kb.json"))
+    kb.replace_all(shipped.export())
+    document = kb.get("barge-in")
+    kb.update("barge-in", {**{k: document[k] for k in ("title", "content", "tags")}, "enabled": False})
+    assert "barge-in" not in [h.id for h in kb.search("What happens when the user interrupts?", k=3)]
+
+
+def test_add_update_delete_are_searchable_at_once_and_saved(kb):
+    assert kb.version == 0 and not os.path.exists(kb.path)
+    kb.add({"id": "parking", "title": "Parking", "content": "Visitors park in garage B, level minus two."})
+    assert kb.version == 1 and os.path.exists(kb.path)
+    assert kb.search("where do visitors park", k=1)[0].id == "parking"
+    kb.update("parking", {"title": "Parking", "content": "Visitors now park in garage C on the roof."})
+    assert "garage C" in kb.search("where do visitors park", k=1)[0].content
+    kb.delete("parking")
+    assert kb.search("where do visitors park", k=1) == []
+    assert kb.version == 3
+    saved = json.loads(Path(kb.path).read_text(encoding="utf-8"))
+    assert saved == {"version": 3, "documents": []}
+
+
+def test_saved_file_reloads_identically(kb):
+    kb.add({"id": "a-1", "title": "Äpfel", "content": "苹果 and apples", "tags": ["fruit"]})
+    kb.add({"id": "b_2", "content": "second", "enabled": False})
+    again = KnowledgeBase.load(kb.path)
+    assert again.export() == kb.export()
+    assert again.get("b_2")["enabled"] is False and again.get("b_2")["title"] == ""
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(kb, tmp_path):
+    for n in range(5):
+        kb.add({"id": f"d{n}", "content": f"document {n}"})
+    assert sorted(os.listdir(tmp_path)) == ["kb.json"]
+
+
+def test_a_failed_save_changes_nothing(kb, tmp_path):
+    kb.add({"id": "keep", "content": "kept"})
+    before = Path(kb.path).read_bytes()
+    os.unlink(kb.path)
+    os.mkdir(kb.path)  # a folder where the file should be: the rename fails for root too
+    try:
+        with pytest.raises(OSError):
+            kb.add({"id": "lost", "content": "never saved"})
+    finally:
+        os.rmdir(kb.path)
+        Path(kb.path).write_bytes(before)
+    assert [d["id"] for d in kb.list()] == ["keep"] and kb.version == 1
+    assert kb.search("never saved", k=3) == []
+
+
+BAD_DOCUMENTS = [
+    ({"content": "no id"}, "id"),
+    ({"id": "has space", "content": "x"}, "id"),
+    ({"id": "../etc", "content": "x"}, "id"),
+    ({"id": "x" * 65, "content": "x"}, "id"),
+    ({"id": "ok"}, "content"),
+    ({"id": "ok", "content": "   "}, "content"),
+    ({"id": "ok", "content": 5}, "content"),
+    ({"id": "ok", "content": "x" * 1001}, "content"),
+    ({"id": "ok", "content": "x", "title": ["t"]}, "title"),
+    ({"id": "ok", "content": "x", "tags": "one"}, "tags"),
+    ({"id": "ok", "content": "x", "tags": [""]}, "tags"),
+    ({"id": "ok", "content": "x", "enabled": "yes"}, "enabled"),
+    ({"id": "ok", "content": "x", "colour": "red"}, "colour"),
+    (["not", "an", "object"], None),
+]
+
+
+@pytest.mark.parametrize("document,field", BAD_DOCUMENTS)
+def test_bad_documents_are_refused_and_nothing_changes(tmp_path, document, field):
+    kb = KnowledgeBase.load(str(tmp_path / "kb.json"), max_document_chars=1000)
+    kb.add({"id": "existing", "content": "stays"})
+    before = Path(kb.path).read_bytes()
+    with pytest.raises(KnowledgeError) as refused:
+        kb.add(document)
+    assert refused.value.field == field
+    assert kb.version == 1 and Path(kb.path).read_bytes() == before
+
+
+def test_duplicate_ids_unknown_ids_and_the_document_limit(tmp_path):
+    kb = KnowledgeBase.load(str(tmp_path / "kb.json"), max_documents=2)
+    kb.add({"id": "one", "content": "1"})
+    with pytest.raises(KnowledgeError, match="already exists") as duplicate:
+        kb.add({"id": "one", "content": "again"})
+    assert duplicate.value.status == 409
+    with pytest.raises(DocumentNotFound):
+        kb.update("nope", {"content": "x"})
+    with pytest.raises(DocumentNotFound):
+        kb.delete("nope")
+    with pytest.raises(KnowledgeError, match="cannot be changed"):
+        kb.update("one", {"id": "two", "content": "x"})
+    kb.add({"id": "two", "content": "2"})
+    with pytest.raises(KnowledgeError, match="limit"):
+        kb.add({"id": "three", "content": "3"})
+
+
+def test_conflicting_edits_are_refused(kb):
+    kb.add({"id": "doc", "content": "v1"})
+    kb.add({"id": "other", "content": "unrelated"})
+    read_at = kb.version  # two operators read the knowledge base here
+    kb.update("doc", {"content": "the first operator's edit"}, read_version=read_at)
+    with pytest.raises(EditConflict) as conflict:
+        kb.update("doc", {"content": "the second operator's edit"}, read_version=read_at)
+    assert conflict.value.status == 409
+    assert kb.get("doc")["content"] == "the first operator's edit"
+    kb.update("other", {"content": "a change to another document is no conflict"}, read_version=read_at)
+
+
+INVALID_FILES = [
+    ("{broken", "not valid JSON"),
+    ('["a list"]', 'expected {"documents"'),
+    ('{"documents": {"id": "x"}}', 'expected {"documents"'),
+    ('{"documents": [{"id": "a", "content": "x"}, {"id": "a", "content": "y"}]}', "'a' appears twice"),
+    ('{"documents": [{"id": "a", "content": "x"}, {"id": "b", "title": "no content"}]}', "document 'b': 'content'"),
+    ('{"documents": [{"id": "bad id", "content": "x"}]}', "document #1: 'id'"),
+]
+
+
+@pytest.mark.parametrize("text,message", INVALID_FILES)
+def test_invalid_files_are_refused_with_a_message_naming_the_problem(tmp_path, text, message):
+    path = tmp_path / "knowledge.json"
+    path.write_text(text)
+    with pytest.raises(KnowledgeError) as refused:
+        KnowledgeBase.load(str(path))
+    assert str(path) in str(refused.value) and message in str(refused.value)
+    assert path.read_text() == text
+
+
+def test_import_is_validated_whole_before_anything_changes(kb):
+    kb.add({"id": "keep", "content": "kept"})
+    with pytest.raises(KnowledgeError):
+        kb.replace_all({"documents": [{"id": "new", "content": "fine"}, {"id": "bad"}]})
+    assert [d["id"] for d in kb.list()] == ["keep"]
+    kb.replace_all({"documents": [{"id": "new", "content": "fine"}]})
+    assert [d["id"] for d in kb.list()] == ["new"] and kb.search("fine", k=1)[0].id == "new"
