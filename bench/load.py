@@ -72,13 +72,19 @@ async def run_load(
     seconds: float,
     headers: dict[str, str] | None = None,
     first_marker: bytes = b"data: ",
+    stagger: float = 0.0,
 ) -> LoadResult:
-    """`concurrency` connections, each sending one stream after another for `seconds`."""
+    """`concurrency` connections, each sending one stream after another for `seconds`.
+
+    With `stagger`, connection i starts i/concurrency of that many seconds late, so that requests arrive spread
+    out as callers' requests do, not all in the same millisecond.
+    """
     request = request_bytes(port, path, body, headers)
     result = LoadResult()
     deadline = time.perf_counter() + seconds
 
-    async def worker() -> None:
+    async def worker(number: int) -> None:
+        await asyncio.sleep(stagger * number / concurrency)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while time.perf_counter() < deadline:
@@ -94,6 +100,6 @@ async def run_load(
             writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
     result.seconds = time.perf_counter() - started
     return result

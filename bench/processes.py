@@ -12,9 +12,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @contextlib.contextmanager
-def fake_upstream(words: int = 20) -> Iterator[int]:
+def fake_upstream(words: int = 20, first_chunk_delay: float = 0.0, chunk_delay: float = 0.0) -> Iterator[int]:
+    pacing = ["--first-chunk-delay", str(first_chunk_delay), "--chunk-delay", str(chunk_delay)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_upstream", "--words", str(words)],
+        [sys.executable, "-m", "tests.fake_upstream", "--words", str(words), *pacing],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

@@ -151,8 +151,14 @@ class EventStream:
     async def _write(self, data: bytes) -> None:
         if not self.started:
             self.start()
-        self._handler.write(data)
-        await self._handler.flush()
+        handler = self._handler
+        handler.write(data)
+        flushed = handler.flush()
+        # Wait only when the socket is full (a slow reader): otherwise the bytes are already with the kernel, and
+        # waiting for Tornado's callback would cost an event-loop turn per chunk. A client that leaves is noticed
+        # by on_connection_close either way.
+        if handler.request.connection.stream.writing():
+            await flushed
 
     async def send(self, payload: bytes) -> None:
         """Sends one chunk: `payload` is its JSON, as bytes."""

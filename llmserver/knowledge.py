@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .retrieval import BM25Index
+from .retrieval import BM25Index, tokenize
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _FIELDS = {"id", "title", "content", "tags", "enabled"}
@@ -131,9 +131,10 @@ class KnowledgeBase:
         self.version = 0
         self._documents: dict[str, dict[str, Any]] = {}  # insertion order is the file's order
         self._changed_at: dict[str, int] = {}
-        self._lock = threading.Lock()  # writers may run in a thread; readers take a consistent snapshot
-        self._index = BM25Index([])
-        self._indexed: list[str] = []
+        self._lock = threading.Lock()  # writers may run in a worker thread; readers use one snapshot
+        # (index, ids of the indexed documents, documents), replaced whole so a search never sees half an edit.
+        self._snapshot: tuple[BM25Index, list[str], dict[str, dict[str, Any]]] = (BM25Index([]), [], {})
+        self._tokens: dict[str, tuple[str, list[str]]] = {}  # id -> (indexed text, its tokens)
 
     # Loading and saving -------------------------------------------------------------------------------------
 
@@ -195,10 +196,17 @@ class KnowledgeBase:
         self._reindex()
 
     def _reindex(self) -> None:
+        """Rebuilds the index; documents whose text did not change keep their tokens (tokenising is the slow part)."""
         enabled = [d for d in self._documents.values() if d["enabled"]]
-        # Title twice: a word in the title says more about the document than one in its body.
-        index = BM25Index([f"{d['title']}\n{d['title']}\n{' '.join(d['tags'])}\n{d['content']}" for d in enabled])
-        self._index, self._indexed = index, [d["id"] for d in enabled]
+        tokens: dict[str, tuple[str, list[str]]] = {}
+        for document in enabled:
+            # Title twice: a word in the title says more about the document than one in its body.
+            text = f"{document['title']}\n{document['title']}\n{' '.join(document['tags'])}\n{document['content']}"
+            cached = self._tokens.get(document["id"])
+            tokens[document["id"]] = cached if cached and cached[0] == text else (text, tokenize(text))
+        self._tokens = tokens
+        index = BM25Index([tokens[d["id"]][1] for d in enabled])
+        self._snapshot = (index, [d["id"] for d in enabled], self._documents)
 
     # Reading ------------------------------------------------------------------------------------------------
 
@@ -221,7 +229,7 @@ class KnowledgeBase:
         return {"version": self.version, "documents": copy.deepcopy(list(self._documents.values()))}
 
     def search(self, query: str, k: int = 3, min_score: float = 0.0) -> list[SearchHit]:
-        index, indexed, documents = self._index, self._indexed, self._documents  # one consistent snapshot
+        index, indexed, documents = self._snapshot
         hits = []
         for position, score in index.search(query, k, min_score):
             document = documents.get(indexed[position])

@@ -42,14 +42,13 @@ def tokenize(text: str) -> list[str]:
 
 
 class BM25Index:
-    """An immutable BM25 index over `texts`; `search` returns (position, score) pairs, best first."""
+    """An immutable BM25 index over tokenised documents; `search` returns (position, score) pairs, best first."""
 
-    def __init__(self, texts: Sequence[str]) -> None:
-        self.size = len(texts)
+    def __init__(self, corpus: Sequence[list[str]]) -> None:
+        self.size = len(corpus)
         self._model = bm25s.BM25()
-        corpus = [tokenize(text) or [""] for text in texts]
         if corpus:
-            self._model.index(corpus, show_progress=False)
+            self._model.index([tokens or [""] for tokens in corpus], show_progress=False)
 
     def search(self, query: str, k: int, min_score: float) -> list[tuple[int, float]]:
         if not self.size or k <= 0:

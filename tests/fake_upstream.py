@@ -214,9 +214,13 @@ async def _main() -> None:
     parser = argparse.ArgumentParser(description="Run the fake OpenAI-compatible upstream.")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--words", type=int, default=20)
+    parser.add_argument("--first-chunk-delay", type=float, default=0.0, help="seconds, like a model thinking")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
     args = parser.parse_args()
     fake = FakeUpstream()
     fake.behaviour.words = args.words
+    fake.behaviour.first_chunk_delay = args.first_chunk_delay
+    fake.behaviour.chunk_delay = args.chunk_delay
     if args.port:
         fake.start(tornado.netutil.bind_sockets(args.port, "127.0.0.1")[0])
     else:
