@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from . import completions, models, rag
+from . import audio, completions, models, rag
 
 default_handlers = [
     *completions.default_handlers,
     *models.default_handlers,
     *rag.default_handlers,
+    *audio.default_handlers,
 ]

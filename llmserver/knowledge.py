@@ -11,11 +11,11 @@ import copy
 import json
 import os
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+from .files import write_atomically
 from .retrieval import BM25Index, tokenize
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -99,28 +99,6 @@ def validate_document(data: Any, max_chars: int, where: str = "document") -> dic
     if not isinstance(enabled, bool):
         raise KnowledgeError(f"{where}: 'enabled' must be true or false.", field="enabled")
     return {"id": doc_id, "title": title.strip(), "content": content.strip(), "tags": tags, "enabled": enabled}
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Temporary file in the same folder, fsync, rename: a crash leaves the old file or the new, never half of one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class KnowledgeBase:

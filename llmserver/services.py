@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .audio import AudioLibrary
 from .knowledge import KnowledgeBase, KnowledgeError
 from .offline import OfflineResponder
 from .request_log import RequestLog
@@ -21,6 +22,7 @@ class Services:
     upstream: Upstream
     request_log: RequestLog
     knowledge_base: KnowledgeBase
+    audio_library: AudioLibrary
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -50,4 +52,7 @@ def build_services(settings: Settings) -> Services:
         upstream=build_upstream(settings),
         request_log=RequestLog(settings.request_log_size, settings.log_text_chars),
         knowledge_base=knowledge_base,
+        audio_library=AudioLibrary(
+            settings.audio_dir, max_bytes=settings.audio_max_bytes, max_seconds=settings.audio_max_seconds
+        ),
     )

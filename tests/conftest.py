@@ -19,6 +19,7 @@ from tests.fake_upstream import FakeUpstream
 SERVER_KEY = "sk-server-key-for-tests"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_KNOWLEDGE = os.path.join(ROOT, "knowledge.json")
+SHIPPED_AUDIO = os.path.join(ROOT, "audio")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,8 +53,9 @@ def fake_upstream(io_loop):
 
 @pytest.fixture
 def settings(request, fake_upstream, tmp_path) -> Settings:
-    """Settings of the server under test: the fake upstream, and a copy of the shipped knowledge base."""
+    """Settings of the server under test: the fake upstream, and copies of the shipped knowledge base and audio."""
     shutil.copy(SHIPPED_KNOWLEDGE, tmp_path / "knowledge.json")
+    shutil.copytree(SHIPPED_AUDIO, tmp_path / "audio")
     base = Settings(
         upstream="openai",
         base_url=fake_upstream.base_url,

@@ -1,0 +1,99 @@
+"""POST /audio/chat/completions: the active clip as a transcript, then 16 kHz PCM16 in 40 ms base64 chunks.
+
+This is the shape Agora's engine plays instead of running text-to-speech (output_modalities ["audio"]).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import time
+
+from llmserver.audio import AudioLibrary, Clip
+from llmserver.chat_request import ChatRequest
+from llmserver.chunks import ChunkFactory, usage
+from llmserver.sse import dumps
+
+from .completions import CompletionEndpoint
+
+CHUNK_SECONDS = 0.04
+REALTIME_HEAD_START = 5  # chunks sent at once: the first 200 ms, so playback starts without a gap
+_DATA_MARK = "\x00DATA\x00"
+
+
+def pace_interval(pace: str) -> float | None:
+    """Seconds between chunks after the head start; None for burst (as fast as the connection takes it)."""
+    if pace == "burst":
+        return None
+    if pace == "realtime":
+        return CHUNK_SECONDS
+    return float(pace) / 1000
+
+
+class AudioCompletionsHandler(CompletionEndpoint):
+    endpoint = "audio"
+    needs_upstream_key = False
+
+    @property
+    def audio_library(self) -> AudioLibrary:
+        return self.services.audio_library
+
+    async def respond(self, chat: ChatRequest, api_key: str | None) -> None:
+        clip = self.audio_library.clip_or_simulated()  # the bytes this response plays, whatever happens to the file
+        self.record.details["audio"] = {
+            "clip": None if clip.simulated else clip.name,
+            "duration": round(clip.duration, 3),
+            "simulated": clip.simulated,
+        }
+        factory = ChunkFactory(chat.model)
+        audio_id = "audio_" + secrets.token_hex(12)
+        if chat.stream:
+            await self._stream(clip, factory, audio_id, chat.include_usage)
+        else:
+            message = {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "audio": {
+                    "id": audio_id,
+                    "data": base64.b64encode(clip.pcm).decode(),
+                    "transcript": clip.transcript,
+                    "expires_at": int(time.time()) + 3600,
+                },
+            }
+            self.record.mark_chunk()
+            self.write_json(factory.completion(message, usage(0, len(clip.chunks_base64))))
+
+    async def _stream(self, clip: Clip, factory: ChunkFactory, audio_id: str, include_usage: bool) -> None:
+        events = self.events
+        await events.send_json(
+            factory.chunk({"role": "assistant", "audio": {"id": audio_id, "transcript": clip.transcript}})
+        )
+        # Every audio chunk is the same JSON but for its data: serialise it once and splice the base64 in.
+        head, tail = dumps(factory.chunk({"audio": {"id": audio_id, "data": _DATA_MARK}})).split(
+            dumps(_DATA_MARK)[1:-1]
+        )
+        chunks = clip.chunks_base64
+        interval = pace_interval(self.config.audio_pace)
+        if interval is None:
+            await events.send_many([head + data.encode() + tail for data in chunks])
+        else:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for number, data in enumerate(chunks):
+                if number >= REALTIME_HEAD_START:
+                    # An absolute schedule: a late wake-up does not push every later chunk back.
+                    delay = start + (number - REALTIME_HEAD_START + 1) * interval - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await events.send(head + data.encode() + tail)
+        await events.send_json(factory.chunk({}, finish_reason="stop"))
+        if include_usage:
+            await events.send_json(factory.usage_chunk(usage(0, len(chunks))))
+        await events.done()
+
+
+default_handlers = [
+    (r"/(?:v1/)?audio/chat/completions", AudioCompletionsHandler),
+]
