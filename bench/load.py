@@ -73,11 +73,13 @@ async def run_load(
     headers: dict[str, str] | None = None,
     first_marker: bytes = b"data: ",
     stagger: float = 0.0,
+    pause: float = 0.0,
 ) -> LoadResult:
     """`concurrency` connections, each sending one stream after another for `seconds`.
 
     With `stagger`, connection i starts i/concurrency of that many seconds late, so that requests arrive spread
-    out as callers' requests do, not all in the same millisecond.
+    out as callers' requests do, not all in the same millisecond. With `pause`, each connection waits that long
+    after a stream before its next request, as a caller does while it plays or speaks the reply.
     """
     request = request_bytes(port, path, body, headers)
     result = LoadResult()
@@ -92,6 +94,8 @@ async def run_load(
                 if ok and first is not None:
                     result.first_chunk_ms.append(first)
                     result.completed += 1
+                    if pause:
+                        await asyncio.sleep(pause)
                 else:
                     result.errors += 1
                     writer.close()
@@ -103,3 +107,33 @@ async def run_load(
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
     result.seconds = time.perf_counter() - started
     return result
+
+
+async def chunk_arrivals(
+    port: int, path: str, body: dict, concurrency: int, marker: bytes, stagger: float = 0.0
+) -> list[list[float]]:
+    """One stream on each of `concurrency` connections; for each stream, the arrival time of every `marker`."""
+    request = request_bytes(port, path, body)
+
+    async def one(number: int) -> list[float]:
+        await asyncio.sleep(stagger * number / concurrency)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        arrivals: list[float] = []
+        tail = b""
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                now = time.perf_counter()
+                window = tail + data
+                arrivals += [now] * window.count(marker)
+                tail = window[-len(marker) + 1 :]
+                if window.endswith(b"\r\n0\r\n\r\n"):
+                    break
+        finally:
+            writer.close()
+        return arrivals
+
+    return list(await asyncio.gather(*(one(n) for n in range(concurrency))))

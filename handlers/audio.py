@@ -67,27 +67,26 @@ class AudioCompletionsHandler(CompletionEndpoint):
 
     async def _stream(self, clip: Clip, factory: ChunkFactory, audio_id: str, include_usage: bool) -> None:
         events = self.events
-        await events.send_json(
-            factory.chunk({"role": "assistant", "audio": {"id": audio_id, "transcript": clip.transcript}})
-        )
+        transcript = factory.chunk({"role": "assistant", "audio": {"id": audio_id, "transcript": clip.transcript}})
         # Every audio chunk is the same JSON but for its data: serialise it once and splice the base64 in.
         head, tail = dumps(factory.chunk({"audio": {"id": audio_id, "data": _DATA_MARK}})).split(
             dumps(_DATA_MARK)[1:-1]
         )
-        chunks = clip.chunks_base64
+        chunks = [head + data + tail for data in clip.chunks_base64]
+        # The transcript and the first 200 ms leave in one write, so playback can start at once.
+        await events.send_many([dumps(transcript), *chunks[:REALTIME_HEAD_START]])
         interval = pace_interval(self.config.audio_pace)
         if interval is None:
-            await events.send_many([head + data.encode() + tail for data in chunks])
+            await events.send_many(chunks[REALTIME_HEAD_START:])
         else:
             loop = asyncio.get_running_loop()
             start = loop.time()
-            for number, data in enumerate(chunks):
-                if number >= REALTIME_HEAD_START:
-                    # An absolute schedule: a late wake-up does not push every later chunk back.
-                    delay = start + (number - REALTIME_HEAD_START + 1) * interval - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                await events.send(head + data.encode() + tail)
+            for number, chunk in enumerate(chunks[REALTIME_HEAD_START:], start=1):
+                # An absolute schedule: a late wake-up does not push every later chunk back.
+                delay = start + number * interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await events.send(chunk)
         await events.send_json(factory.chunk({}, finish_reason="stop"))
         if include_usage:
             await events.send_json(factory.usage_chunk(usage(0, len(chunks))))

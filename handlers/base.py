@@ -166,10 +166,12 @@ class EventStream:
         await self._write(encode_event(payload))
 
     async def send_many(self, payloads: list[bytes]) -> None:
-        """Sends several chunks in one write, for a burst whose chunks are all ready."""
+        """Sends several chunks in one write, for chunks that are all ready."""
+        if not payloads:
+            return
         for _ in payloads:
             self._record.mark_chunk()
-        await self._write(b"".join(encode_event(payload) for payload in payloads))
+        await self._write(b"".join([b"data: " + payload + b"\n\n" for payload in payloads]))
 
     async def send_json(self, chunk: Any) -> None:
         self._record.mark_chunk()

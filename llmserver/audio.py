@@ -57,10 +57,10 @@ class Clip:
         return len(self.pcm) / BYTES_PER_SECOND
 
     @cached_property
-    def chunks_base64(self) -> list[str]:
+    def chunks_base64(self) -> list[bytes]:
         """The PCM in 40 ms chunks, base64-encoded once per clip rather than once per response."""
         pcm = self.pcm
-        return [base64.b64encode(pcm[i : i + CHUNK_BYTES]).decode() for i in range(0, len(pcm), CHUNK_BYTES)]
+        return [base64.b64encode(pcm[i : i + CHUNK_BYTES]) for i in range(0, len(pcm), CHUNK_BYTES)]
 
 
 def check_name(name: Any) -> str:
