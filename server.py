@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jinja2
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
@@ -25,6 +26,7 @@ from llmserver.settings import Settings, load_settings
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 logger = logging.getLogger("llmserver")
+access_log = logging.getLogger("tornado.access")
 
 
 def make_app(services: Services) -> tornado.web.Application:
@@ -32,9 +34,29 @@ def make_app(services: Services) -> tornado.web.Application:
         default_handlers,
         services=services,
         default_handler_class=NotFoundHandler,
-        template_path=os.path.join(ROOT, "templates"),
+        jinja2_env=jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(ROOT, "templates")), autoescape=True),
         static_path=os.path.join(ROOT, "static"),
+        cookie_secret=services.cookie_secret,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"samesite": "Strict"},
         serve_traceback=False,
+        log_function=log_request,
+    )
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, without query strings: the admin URL carries the admin token."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    access_log.log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        request.path,
+        request.remote_ip,
+        1000.0 * request.request_time(),
     )
 
 
@@ -64,6 +86,11 @@ async def serve(settings: Settings) -> None:
         f"Custom LLM Server listening on http://{shown_host}:{port} (upstream: {upstream.mode}{where})",
         flush=True,
     )
+    admin_url = f"http://{shown_host}:{port}/admin"
+    if settings.admin_token:
+        print(f"Admin dashboard: {admin_url} (token from ADMIN_TOKEN)", flush=True)
+    else:
+        print(f"Admin dashboard: {admin_url}?token={services.admin_token}", flush=True)
 
     # Objects made at start-up (the knowledge index, the SDK) live as long as the process: keep them out of the
     # garbage collector's scans, which otherwise add pauses to every stream.

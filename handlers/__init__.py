@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from . import audio, completions, models, rag
+from . import admin, admin_api, admin_ws, audio, completions, models, rag
 
 default_handlers = [
     *completions.default_handlers,
-    *models.default_handlers,
     *rag.default_handlers,
     *audio.default_handlers,
+    *models.default_handlers,
+    *admin.default_handlers,
+    *admin_api.default_handlers,
+    *admin_ws.default_handlers,
 ]

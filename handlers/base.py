@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
+from markupsafe import Markup
 from tornado.iostream import StreamClosedError
 
 from llmserver.errors import ApiError, error_body, error_type_for_status
@@ -58,6 +59,19 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         # Called again by clear() before an error page, so the id survives errors too.
         self.set_header("X-Request-Id", self.request_id)
+
+    def render_template(self, name: str, **namespace: Any) -> None:
+        """Renders a Jinja2 template from templates/ (autoescaped) with the common names added."""
+        template = self.settings["jinja2_env"].get_template(name)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(
+            template.render(
+                static_url=self.static_url,
+                xsrf_form_html=Markup(self.xsrf_form_html()),
+                xsrf_token=self.xsrf_token.decode(),
+                **namespace,
+            )
+        )
 
     def upstream_key(self, required: bool = True) -> str | None:
         """The key to send upstream on this request, after the API_KEYS check.

@@ -103,6 +103,10 @@ class RequestLog:
         records = list(self._records)
         return records if limit is None else records[-limit:]
 
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 

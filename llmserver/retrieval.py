@@ -7,6 +7,7 @@ BM25 over Chinese, with no dictionary to load.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
 _TOKENS = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+", re.UNICODE)
 _STOPWORDS = frozenset(STOPWORDS_EN) | {"i", "me", "my", "you", "your", "we", "our", "what", "how", "do", "does", "can"}
 _stemmer = Stemmer.Stemmer("english")
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 
 
 def _is_cjk(token: str) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+import time
+from dataclasses import dataclass, field
 
 from .audio import AudioLibrary
 from .knowledge import KnowledgeBase, KnowledgeError
@@ -23,6 +25,9 @@ class Services:
     request_log: RequestLog
     knowledge_base: KnowledgeBase
     audio_library: AudioLibrary
+    admin_token: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(24))
+    cookie_secret: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(32))
+    started_at: float = field(default_factory=time.time)
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -47,7 +52,9 @@ def load_knowledge_base(settings: Settings) -> KnowledgeBase:
 
 def build_services(settings: Settings) -> Services:
     knowledge_base = load_knowledge_base(settings)
+    secrets_given = {"admin_token": settings.admin_token, "cookie_secret": settings.cookie_secret}
     return Services(
+        **{name: value for name, value in secrets_given.items() if value},  # else generated at each start
         settings=settings,
         upstream=build_upstream(settings),
         request_log=RequestLog(settings.request_log_size, settings.log_text_chars),

@@ -1,0 +1,192 @@
+"""The admin JSON API that the dashboard uses (and scripts can, with `Authorization: Bearer <admin token>`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import tornado.ioloop
+
+from llmserver.audio import AudioError, AudioLibrary
+from llmserver.errors import ApiError
+from llmserver.knowledge import KnowledgeBase, KnowledgeError
+
+from .admin_access import AdminAccess
+from .base import ApiHandler
+
+T = TypeVar("T")
+MAX_SEARCH_K = 50
+
+
+class AdminApiHandler(AdminAccess, ApiHandler):
+    def prepare(self) -> None:
+        if self.current_user is None:
+            raise ApiError(401, "Admin token required (cookie or 'Authorization: Bearer <token>').", code="admin_token")
+
+    def check_xsrf_cookie(self) -> None:
+        # Without any credentials, say 401 (in prepare) rather than complain of a missing XSRF token.
+        if self.has_admin_cookie():
+            AdminAccess.check_xsrf_cookie(self)
+
+    @property
+    def knowledge_base(self) -> KnowledgeBase:
+        return self.services.knowledge_base
+
+    @property
+    def audio_library(self) -> AudioLibrary:
+        return self.services.audio_library
+
+    async def in_worker(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Runs a change in a worker thread (re-indexing, decoding audio) so that streams keep flowing, and turns
+        the service's refusals into API errors."""
+        loop = tornado.ioloop.IOLoop.current()
+        try:
+            return await loop.run_in_executor(None, lambda: function(*args, **kwargs))
+        except (KnowledgeError, AudioError) as exc:
+            raise ApiError(exc.status, str(exc), param=exc.field) from None
+        except OSError as exc:
+            raise ApiError(500, f"Could not save the change: {exc.strerror}.", type="server_error") from None
+
+    def json_object(self) -> dict[str, Any]:
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.", code="invalid_body")
+        return body
+
+
+class KnowledgeCollectionHandler(AdminApiHandler):
+    def get(self) -> None:
+        self.write_json({"version": self.knowledge_base.version, "documents": self.knowledge_base.list()})
+
+    async def post(self) -> None:
+        document = _document_fields(self.json_object())
+        self.write_json(await self.in_worker(self.knowledge_base.add, document), status=201)
+
+
+class KnowledgeDocumentHandler(AdminApiHandler):
+    def get(self, doc_id: str) -> None:
+        try:
+            self.write_json(self.knowledge_base.get(doc_id))
+        except KnowledgeError as exc:
+            raise ApiError(exc.status, str(exc), param=exc.field) from None
+
+    async def put(self, doc_id: str) -> None:
+        body = self.json_object()
+        read_version = body.get("version")
+        if read_version is not None and (not isinstance(read_version, int) or isinstance(read_version, bool)):
+            raise ApiError(
+                400, "'version' must be the knowledge base version the document was read at.", param="version"
+            )
+        document = _document_fields(body)
+        self.write_json(await self.in_worker(self.knowledge_base.update, doc_id, document, read_version))
+
+    async def delete(self, doc_id: str) -> None:
+        await self.in_worker(self.knowledge_base.delete, doc_id)
+        self.set_status(204)
+        self.finish()
+
+
+def _document_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The document itself, without what the API adds around it."""
+    return {k: v for k, v in body.items() if k not in ("version", "changed_at_version")}
+
+
+class KnowledgeSearchHandler(AdminApiHandler):
+    def get(self) -> None:
+        query = self.get_query_argument("q", "")
+        try:
+            k = int(self.get_query_argument("k", str(self.config.rag_top_k)))
+        except ValueError:
+            raise ApiError(400, "'k' must be a whole number.", param="k") from None
+        if not 1 <= k <= MAX_SEARCH_K:
+            raise ApiError(400, f"'k' must be between 1 and {MAX_SEARCH_K}.", param="k")
+        hits = self.knowledge_base.search(query, k, self.config.rag_min_score)
+        self.write_json({"query": query, "min_score": self.config.rag_min_score, "hits": [h.to_dict() for h in hits]})
+
+
+class KnowledgeFileHandler(AdminApiHandler):
+    """The whole knowledge.json: export (download) and import (replace everything, validated first)."""
+
+    def get(self) -> None:
+        self.set_header("Content-Disposition", 'attachment; filename="knowledge.json"')
+        self.write_json(self.knowledge_base.export())
+
+    async def put(self) -> None:
+        await self.in_worker(self.knowledge_base.replace_all, self.json_object())
+        self.write_json({"version": self.knowledge_base.version, "documents": self.knowledge_base.list()})
+
+
+class AudioCollectionHandler(AdminApiHandler):
+    def get(self) -> None:
+        self.write_json({"clips": self.audio_library.list()})
+
+    async def post(self) -> None:
+        files = self.request.files.get("file")
+        if not files:
+            raise ApiError(400, "Send the audio as a multipart field named 'file'.", param="file")
+        upload = files[0]
+        stem, suffix = os.path.splitext(os.path.basename(upload.filename or ""))
+        name = self.get_body_argument("name", "").strip() or stem
+        transcript = self.get_body_argument("transcript", "")
+        activate = self.get_body_argument("activate", "false").lower() in ("1", "true", "on", "yes")
+        clip = await self.in_worker(
+            self.audio_library.add, name, upload.body, transcript, raw_pcm=suffix.lower() == ".pcm", activate=activate
+        )
+        listed = next(c for c in self.audio_library.list() if c["name"] == clip.name)
+        self.write_json(listed, status=201)
+
+
+class AudioClipHandler(AdminApiHandler):
+    async def delete(self, name: str) -> None:
+        await self.in_worker(self.audio_library.delete, name)
+        self.set_status(204)
+        self.finish()
+
+
+class AudioActivateHandler(AdminApiHandler):
+    async def post(self, name: str) -> None:
+        await self.in_worker(self.audio_library.activate, name)
+        self.write_json({"active": name, "clips": self.audio_library.list()})
+
+
+class AudioWavHandler(AdminApiHandler):
+    async def get(self, name: str) -> None:
+        wav = await self.in_worker(self.audio_library.wav, name)
+        self.set_header("Content-Type", "audio/wav")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(wav)
+
+
+class StatusHandler(AdminApiHandler):
+    def get(self) -> None:
+        services = self.services
+        log = services.request_log
+        self.write_json(
+            {
+                "upstream": {"mode": services.upstream.mode, "base_url": services.upstream.base_url},
+                "uptime_seconds": round(time.time() - services.started_at, 1),
+                "in_flight": log.in_flight,
+                "totals": {outcome: log.totals.get(outcome, 0) for outcome in ("ok", "error", "cancelled")},
+                "knowledge_version": services.knowledge_base.version,
+                "documents": len(services.knowledge_base),
+                "active_clip": services.audio_library.active_name(),
+            }
+        )
+
+
+_DOC = r"([A-Za-z0-9_-]{1,64})"
+_CLIP = r"([A-Za-z0-9][A-Za-z0-9_-]{0,63})"
+
+default_handlers = [
+    (r"/admin/api/status", StatusHandler),
+    (r"/admin/api/knowledge", KnowledgeCollectionHandler),
+    (r"/admin/api/knowledge/search", KnowledgeSearchHandler),
+    (r"/admin/api/knowledge/file", KnowledgeFileHandler),
+    (rf"/admin/api/knowledge/{_DOC}", KnowledgeDocumentHandler),
+    (r"/admin/api/audio", AudioCollectionHandler),
+    (rf"/admin/api/audio/{_CLIP}\.wav", AudioWavHandler),
+    (rf"/admin/api/audio/{_CLIP}/activate", AudioActivateHandler),
+    (rf"/admin/api/audio/{_CLIP}", AudioClipHandler),
+]

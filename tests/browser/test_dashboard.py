@@ -1,0 +1,242 @@
+"""The admin dashboard in a real headless Chromium (Debian's), driven by Playwright, against `python server.py`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.audio_files import encode, tone
+from tests.conftest import ROOT, SHIPPED_AUDIO, SHIPPED_KNOWLEDGE
+
+ADMIN_TOKEN = "browser-test-admin-token"
+ARTIFACTS = Path(ROOT) / "tests" / "artifacts"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("server")
+    shutil.copy(SHIPPED_KNOWLEDGE, folder / "knowledge.json")
+    shutil.copytree(SHIPPED_AUDIO, folder / "audio")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
+    environment.update(ADMIN_TOKEN=ADMIN_TOKEN, OFFLINE_WORD_DELAY="0", AUDIO_PACE="burst")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "server.py",
+            "--port",
+            "0",
+            "--knowledge",
+            str(folder / "knowledge.json"),
+            "--audio-dir",
+            str(folder / "audio"),
+        ],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        yield line.split("listening on ")[1].split()[0]
+    finally:
+        process.terminate()
+        process.wait(15)
+        process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("Debian's chromium is not installed: run the README's test command, which installs it")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server_url: str) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.goto(f"{server_url}/admin?token={ADMIN_TOKEN}")
+    expect(page.locator("#tab-log")).to_be_visible()
+    yield page
+    context.close()
+
+
+def stream_chunks(server_url: str, endpoint: str, content: str) -> list[dict]:
+    """Streams a completion with the official SDK from /v1/chat, /v1/rag or /v1/audio; returns the chunks."""
+    base_url = f"{server_url}/v1" if endpoint == "chat" else f"{server_url}/v1/{endpoint}"
+    with openai.OpenAI(base_url=base_url, api_key="not-needed-offline", max_retries=0) as client:
+        chunks = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": content}], stream=True
+        )
+        return [chunk.to_dict() for chunk in chunks]
+
+
+def ask(server_url: str, endpoint: str, content: str) -> str:
+    chunks = stream_chunks(server_url, endpoint, content)
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def test_signing_in_with_the_token_form(browser: Browser, server_url: str):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{server_url}/admin")
+    expect(page.locator("#tab-log")).to_have_count(0)
+    page.fill("#token", "wrong")
+    page.click("button[type=submit]")
+    expect(page.locator(".error")).to_contain_text("not valid")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("button[type=submit]")
+    expect(page.locator("#tab-log")).to_be_visible()
+    assert page.url == f"{server_url}/admin"
+    expect(page.locator("#status-upstream")).to_have_text("offline")
+    expect(page.locator("#socket-state")).to_have_text("live")
+    context.close()
+
+
+def test_a_request_appears_in_the_live_log_within_a_second(page: Page, server_url: str):
+    expect(page.locator("#socket-state")).to_have_text("live")
+    ask(server_url, "chat", "Is the live log live?")
+    row = page.locator("#log-rows tr", has_text="Is the live log live?")
+    expect(row).to_be_visible(timeout=1000)
+    expect(row.locator("td").nth(1)).to_have_text("chat")
+    expect(row.locator("td").nth(4)).to_have_text("ok")
+    row.click()
+    detail = json.loads(page.locator("#log-detail-body").inner_text())
+    assert detail["last_user_message"] == "Is the live log live?" and detail["chunks"] > 5
+
+
+def test_user_text_is_shown_as_text_never_as_html(page: Page, server_url: str):
+    hostile = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"><b>bold</b>'
+    ask(server_url, "chat", hostile)
+    row = page.locator("#log-rows tr", has_text="window.pwned")
+    expect(row).to_be_visible()
+    assert row.locator("td").nth(3).inner_text() == hostile
+    assert row.locator("b, img, script").count() == 0
+    assert page.evaluate("window.pwned") is None
+
+
+def test_filters_and_pause(page: Page, server_url: str):
+    expect(page.locator("#socket-state")).to_have_text("live")
+    page.select_option("#filter-endpoint", "rag")
+    ask(server_url, "rag", "Filter me in")
+    ask(server_url, "chat", "Filter me out")
+    expect(page.locator("#log-rows tr", has_text="Filter me in")).to_be_visible()
+    expect(page.locator("#log-rows tr", has_text="Filter me out")).to_have_count(0)
+    page.select_option("#filter-endpoint", "")
+    expect(page.locator("#log-rows tr", has_text="Filter me out")).to_be_visible()
+    page.click("#pause")
+    ask(server_url, "chat", "Held while paused")
+    expect(page.locator("#pause")).to_have_text("Resume (1 new)")
+    expect(page.locator("#log-rows tr", has_text="Held while paused")).to_have_count(0)
+    page.click("#pause")
+    expect(page.locator("#log-rows tr", has_text="Held while paused")).to_be_visible()
+
+
+def test_adding_a_document_changes_what_the_rag_endpoint_answers(page: Page, server_url: str):
+    question = "What is the wifi password for guests?"
+    assert "Orange-Giraffe-42" not in ask(server_url, "rag", question)
+    page.click("#tab-knowledge")
+    page.click("#kb-new")
+    page.fill("#kb-form [name=id]", "guest-wifi")
+    page.fill("#kb-form [name=title]", "Guest wifi password")
+    page.fill("#kb-form [name=content]", "The guest wifi password is Orange-Giraffe-42.")
+    page.fill("#kb-form [name=tags]", "office, wifi")
+    page.click("#kb-form button[type=submit]")
+    expect(page.locator("#kb-rows tr[data-id=guest-wifi]")).to_be_visible()
+    assert "Orange-Giraffe-42" in ask(server_url, "rag", question)
+
+    page.fill("#kb-test [name=q]", question)
+    page.click("#kb-test button[type=submit]")
+    expect(page.locator("#kb-hits li").first).to_contain_text("Guest wifi password")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#kb-rows tr[data-id=guest-wifi] button:has-text('Delete')")
+    expect(page.locator("#kb-rows tr[data-id=guest-wifi]")).to_have_count(0)
+    assert "Orange-Giraffe-42" not in ask(server_url, "rag", question)
+
+
+def test_a_conflicting_edit_is_reported_not_saved(browser: Browser, page: Page, server_url: str):
+    other = browser.new_context().new_page()
+    other.goto(f"{server_url}/admin?token={ADMIN_TOKEN}")
+    for each in (page, other):
+        each.click("#tab-knowledge")
+        each.click("#kb-rows tr[data-id=shutdown] button:has-text('Edit')")
+    page.fill("#kb-form [name=content]", "First operator's text.")
+    page.click("#kb-form button[type=submit]")
+    expect(page.locator("#kb-message")).to_contain_text("Saved")
+    other.fill("#kb-form [name=content]", "Second operator's text.")
+    other.click("#kb-form button[type=submit]")
+    expect(other.locator("#kb-form-error")).to_contain_text("Conflict")
+    page.click("#tab-knowledge")
+    expect(page.locator("#kb-version")).to_be_visible()
+    other.context.close()
+
+
+def test_uploading_a_wav_changes_what_the_audio_endpoint_streams(page: Page, server_url: str, tmp_path):
+    wav = tmp_path / "welcome.wav"
+    wav.write_bytes(encode(tone(1.0, 44100, channels=2, frequency=600), 44100))
+    page.click("#tab-audio")
+    expect(page.locator("#clip-rows tr[data-name=file]")).to_be_visible()
+    page.fill("#audio-upload [name=name]", "welcome")
+    page.fill("#audio-upload [name=transcript]", "Welcome to the browser test.")
+    page.set_input_files("#audio-upload [name=file]", str(wav))
+    page.check("#audio-upload [name=activate]")
+    page.click("#audio-upload button[type=submit]")
+    row = page.locator("#clip-rows tr[data-name=welcome]")
+    expect(row).to_contain_text("active")
+    expect(row.locator("audio")).to_have_attribute("src", "/admin/api/audio/welcome.wav")
+
+    chunks = stream_chunks(server_url, "audio", "hi")
+    assert chunks[0]["choices"][0]["delta"]["audio"]["transcript"] == "Welcome to the browser test."
+    pcm = b"".join(base64.b64decode(c["choices"][0]["delta"]["audio"]["data"]) for c in chunks[1:-1])
+    assert len(pcm) == 32000  # one second of 16 kHz mono PCM16
+
+    page.click("#clip-rows tr[data-name=file] button:has-text('Activate')")
+    expect(page.locator("#clip-rows tr[data-name=file]")).to_contain_text("active")
+    page.fill("#audio-upload [name=name]", "../escape")
+    page.fill("#audio-upload [name=transcript]", "x")
+    page.set_input_files("#audio-upload [name=file]", str(wav))
+    page.evaluate("document.querySelector('#audio-upload [name=name]').removeAttribute('pattern')")
+    page.click("#audio-upload button[type=submit]")
+    expect(page.locator("#audio-error")).to_contain_text("clip name")
+
+
+def test_dashboard_screenshot(page: Page, server_url: str):
+    questions = (
+        "How do I connect this server to Agora?",
+        "How does the waiting message work?",
+        "What is offline mode?",
+    )
+    for round_ in range(8):
+        for question in questions:
+            ask(server_url, "rag", question)
+        stream_chunks(server_url, "audio", "Play the greeting")
+    ask(server_url, "chat", "Hello, who are you?")
+    expect(page.locator("#log-rows tr", has_text="Hello, who are you?")).to_be_visible()
+    expect(page.locator("#status-ok")).not_to_have_text("0", timeout=5000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

@@ -1,0 +1,75 @@
+"""GET /admin: the token form, signing in with the printed URL or the form, and the dashboard page."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlencode
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.handlers.admin_client import cookies_of, sign_in_with_cookie
+
+
+async def get(base_url: str, path: str, **kwargs):
+    return await AsyncHTTPClient().fetch(base_url + path, raise_error=False, follow_redirects=False, **kwargs)
+
+
+@pytest.mark.gen_test
+async def test_without_a_token_the_page_is_only_the_token_form(http_server, base_url):
+    response = await get(base_url, "/admin")
+    page = response.body.decode()
+    assert response.code == 200 and '<form method="post" action="/admin">' in page
+    assert "Knowledge base" not in page and "admin.js" not in page
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+@pytest.mark.gen_test
+async def test_a_wrong_token_is_refused(http_server, base_url):
+    response = await get(base_url, "/admin?token=wrong")
+    assert response.code == 401 and "not valid" in response.body.decode()
+    assert "llm_admin" not in cookies_of(response)
+
+
+@pytest.mark.gen_test
+async def test_the_printed_url_sets_a_strict_httponly_signed_cookie_and_redirects(http_server, base_url, services):
+    response = await get(base_url, f"/admin?token={services.admin_token}")
+    assert response.code == 303 and response.headers["Location"] == "/admin"
+    header = next(h for h in response.headers.get_list("Set-Cookie") if h.startswith("llm_admin="))
+    assert "HttpOnly" in header and "SameSite=Strict" in header and services.admin_token not in header
+    client = await sign_in_with_cookie(base_url, services.admin_token)
+    page = await get(base_url, "/admin", headers=client.headers)
+    assert page.code == 200 and "Knowledge base" in page.body.decode() and "admin.js" in page.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_the_token_form_signs_in_with_its_xsrf_field(http_server, base_url, services):
+    form = await get(base_url, "/admin")
+    xsrf = cookies_of(form)["_xsrf"]
+    body = urlencode({"token": services.admin_token, "_xsrf": xsrf})
+    response = await get(base_url, "/admin", method="POST", body=body, headers={"Cookie": f"_xsrf={xsrf}"})
+    assert response.code == 303 and "llm_admin" in cookies_of(response)
+    no_xsrf = await get(base_url, "/admin", method="POST", body=urlencode({"token": services.admin_token}))
+    assert no_xsrf.code == 403
+
+
+@pytest.mark.gen_test
+async def test_a_cookie_signed_for_another_token_is_refused(http_server, base_url, services):
+    client = await sign_in_with_cookie(base_url, services.admin_token)
+    services.admin_token = "a-new-token"  # as after a restart that generated a new one
+    page = await get(base_url, "/admin", headers=client.headers)
+    assert "Knowledge base" not in page.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_the_token_never_reaches_the_access_log(http_server, base_url, services, caplog):
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    await get(base_url, f"/admin?token={services.admin_token}")
+    assert "GET /admin" in caplog.text and services.admin_token not in caplog.text
+
+
+@pytest.mark.gen_test
+async def test_static_files_are_served_locally(http_server, base_url):
+    for name in ("admin.js", "admin.css"):
+        response = await get(base_url, f"/static/{name}")
+        assert response.code == 200 and len(response.body) > 1000
