@@ -230,7 +230,7 @@ def test_dashboard_screenshot(page: Page, server_url: str):
         "How does the waiting message work?",
         "What is offline mode?",
     )
-    for round_ in range(8):
+    for _ in range(8):
         for question in questions:
             ask(server_url, "rag", question)
         stream_chunks(server_url, "audio", "Play the greeting")
