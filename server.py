@@ -20,7 +20,8 @@ import tornado.netutil
 import tornado.web
 
 from handlers import default_handlers
-from handlers.base import NotFoundHandler
+from handlers.admin_api import ADMIN_JSON_BYTES
+from handlers.base import NotFoundHandler, StaticFiles
 from llmserver.services import Services, StartupError, build_services
 from llmserver.settings import Settings, load_settings
 
@@ -36,6 +37,7 @@ def make_app(services: Services) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         jinja2_env=jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(ROOT, "templates")), autoescape=True),
         static_path=os.path.join(ROOT, "static"),
+        static_handler_class=StaticFiles,
         cookie_secret=services.cookie_secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"samesite": "Strict"},
@@ -62,7 +64,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 def max_upload_bytes(settings: Settings) -> int:
     """The HTTP server's own body cap; the handlers apply their tighter limits with a proper error."""
-    return max(settings.max_body_bytes, settings.audio_max_bytes) * 2 + 1024 * 1024
+    return max(settings.max_body_bytes, settings.audio_max_bytes, ADMIN_JSON_BYTES) + 2 * 1024 * 1024
 
 
 async def drain(services: Services, grace: float) -> None:
@@ -103,6 +105,7 @@ async def serve(settings: Settings) -> None:
 
     logger.info("shutting down: %d request(s) in flight", services.request_log.in_flight)
     server.stop()
+    services.shutting_down = True  # kept-alive connections may still send requests: they get 503
     await drain(services, settings.shutdown_grace)
     await server.close_all_connections()
     await services.aclose()

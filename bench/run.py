@@ -87,8 +87,13 @@ async def bench_rag(seconds: float, words: int) -> list[str]:
         waiting = await run_load(
             server_port, "/rag/chat/completions", RAG_BODY, 50, seconds, first_marker=b'"id":"waiting_msg"'
         )
-        chat = await run_load(server_port, "/chat/completions", CHAT_BODY, 50, seconds)
-        rag = await run_load(server_port, "/rag/chat/completions", RAG_BODY, 50, seconds)
+        # Alternate the two, three times, so that drift on a shared 2-core machine hits both alike.
+        chat_streams = rag_streams = 0.0
+        for _ in range(3):
+            chat = await run_load(server_port, "/chat/completions", CHAT_BODY, 50, seconds)
+            rag = await run_load(server_port, "/rag/chat/completions", RAG_BODY, 50, seconds)
+            chat_streams += chat.streams_per_second / 3
+            rag_streams += rag.streams_per_second / 3
     # An upstream at a real model's pace: 300 ms to the first token, then 50 tokens a second.
     paced_upstream = fake_upstream(words, first_chunk_delay=0.3, chunk_delay=0.02)
     with paced_upstream as upstream_port, llm_server(upstream_port) as server_port:
@@ -104,7 +109,7 @@ async def bench_rag(seconds: float, words: int) -> list[str]:
             first_marker=b'"id":"waiting_msg"',
             stagger=0.7,
         )
-    ratio = rag.streams_per_second / chat.streams_per_second
+    ratio = rag_streams / chat_streams
     lines.append(
         "| waiting message, time to first byte, 50 concurrent /rag streams, upstream at a model's pace "
         f"(300 ms to first token, 50 tokens/s), arrivals spread | p50 {paced.percentile(50):.2f} ms, "
@@ -115,8 +120,8 @@ async def bench_rag(seconds: float, words: int) -> list[str]:
         f"p50 {waiting.percentile(50):.2f} ms, p99 {waiting.percentile(99):.2f} ms | (queueing) |"
     )
     lines.append(
-        f"| /rag streams per second at 50 concurrent, against /chat/completions | {rag.streams_per_second:.0f} / "
-        f"{chat.streams_per_second:.0f} = {ratio:.2f} | ≥ 0.8 |"
+        f"| /rag streams per second at 50 concurrent, against /chat/completions (3 alternating rounds) | "
+        f"{rag_streams:.0f} / {chat_streams:.0f} = {ratio:.2f} | ≥ 0.8 |"
     )
     return lines
 

@@ -3,31 +3,44 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import tornado.httputil
 import tornado.ioloop
+import tornado.web
 
 from llmserver.audio import AudioError, AudioLibrary
 from llmserver.errors import ApiError
 from llmserver.knowledge import KnowledgeBase, KnowledgeError
 
 from .admin_access import AdminAccess
-from .base import ApiHandler
+from .base import LimitedBodyHandler
 
 T = TypeVar("T")
 MAX_SEARCH_K = 50
+ADMIN_JSON_BYTES = 64 * 1024 * 1024  # a whole knowledge.json can be imported
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-class AdminApiHandler(AdminAccess, ApiHandler):
+class AdminApiHandler(AdminAccess, LimitedBodyHandler):
+    def body_limit(self) -> int:
+        return max(ADMIN_JSON_BYTES, self.config.max_body_bytes)
+
     def prepare(self) -> None:
+        # Before the body is read: a caller without the token is turned away without sending it.
         if self.current_user is None:
             raise ApiError(401, "Admin token required (cookie or 'Authorization: Bearer <token>').", code="admin_token")
+        super().prepare()
+        self.check_body_size()
 
     def check_xsrf_cookie(self) -> None:
         # Without any credentials, say 401 (in prepare) rather than complain of a missing XSRF token.
-        if self.has_admin_cookie():
+        if self.has_admin_cookie() and not self.has_bearer_token():
+            if not self.request.headers.get("X-XSRFToken"):
+                raise tornado.web.HTTPError(403, "the X-XSRFToken header is required with the admin cookie")
             AdminAccess.check_xsrf_cookie(self)
 
     @property
@@ -75,9 +88,12 @@ class KnowledgeDocumentHandler(AdminApiHandler):
     async def put(self, doc_id: str) -> None:
         body = self.json_object()
         read_version = body.get("version")
-        if read_version is not None and (not isinstance(read_version, int) or isinstance(read_version, bool)):
+        if not isinstance(read_version, int) or isinstance(read_version, bool):
             raise ApiError(
-                400, "'version' must be the knowledge base version the document was read at.", param="version"
+                400,
+                "'version' is required: the knowledge base version the document was read at (GET gives it), "
+                "so that a save never overwrites someone else's newer edit.",
+                param="version",
             )
         document = _document_fields(body)
         self.write_json(await self.in_worker(self.knowledge_base.update, doc_id, document, read_version))
@@ -93,8 +109,10 @@ def _document_fields(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in ("version", "changed_at_version")}
 
 
-class KnowledgeSearchHandler(AdminApiHandler):
-    def get(self) -> None:
+class KnowledgeSearchHandler(KnowledgeDocumentHandler):
+    """GET /admin/api/knowledge/search; a document whose id is "search" is still changed with PUT and DELETE."""
+
+    def get(self, _: str = "search") -> None:
         query = self.get_query_argument("q", "")
         try:
             k = int(self.get_query_argument("k", str(self.config.rag_top_k)))
@@ -122,20 +140,45 @@ class AudioCollectionHandler(AdminApiHandler):
     def get(self) -> None:
         self.write_json({"clips": self.audio_library.list()})
 
+    def body_limit(self) -> int:
+        return self.config.audio_max_bytes + 1024 * 1024  # the file and the form around it
+
     async def post(self) -> None:
-        files = self.request.files.get("file")
-        if not files:
-            raise ApiError(400, "Send the audio as a multipart field named 'file'.", param="file")
-        upload = files[0]
-        stem, suffix = os.path.splitext(os.path.basename(upload.filename or ""))
-        name = self.get_body_argument("name", "").strip() or stem
-        transcript = self.get_body_argument("transcript", "")
-        activate = self.get_body_argument("activate", "false").lower() in ("1", "true", "on", "yes")
-        clip = await self.in_worker(
-            self.audio_library.add, name, upload.body, transcript, raw_pcm=suffix.lower() == ".pcm", activate=activate
+        arguments: dict[str, list[bytes]] = {}
+        files: dict[str, list[tornado.httputil.HTTPFile]] = {}
+        tornado.httputil.parse_body_arguments(
+            self.request.headers.get("Content-Type", ""), self.body, arguments, files, self.request.headers
         )
-        listed = next(c for c in self.audio_library.list() if c["name"] == clip.name)
-        self.write_json(listed, status=201)
+
+        def field(name: str, default: str = "") -> str:
+            values = arguments.get(name)
+            return values[0].decode("utf-8", "replace").strip() if values else default
+
+        if not files.get("file"):
+            raise ApiError(400, "Send the audio as a multipart field named 'file'.", param="file")
+        upload = files["file"][0]
+        stem, suffix = os.path.splitext(os.path.basename(upload.filename or ""))
+        # A name typed by the operator is checked as it is; one taken from the file name is made safe first.
+        name = field("name") or _UNSAFE_NAME_CHARS.sub("-", stem).strip("-_") or "clip"
+        activate = field("activate", "false").lower() in ("1", "true", "on", "yes")
+        clip = await self.in_worker(
+            self.audio_library.add,
+            name,
+            upload.body,
+            field("transcript"),
+            raw_pcm=suffix.lower() == ".pcm",
+            activate=activate,
+        )
+        self.write_json(
+            {
+                "name": clip.name,
+                "duration": round(clip.duration, 3),
+                "size": len(clip.pcm),
+                "transcript": clip.transcript,
+                "active": self.audio_library.active_name() == clip.name,
+            },
+            status=201,
+        )
 
 
 class AudioClipHandler(AdminApiHandler):
@@ -182,8 +225,8 @@ _CLIP = r"([A-Za-z0-9][A-Za-z0-9_-]{0,63})"
 default_handlers = [
     (r"/admin/api/status", StatusHandler),
     (r"/admin/api/knowledge", KnowledgeCollectionHandler),
-    (r"/admin/api/knowledge/search", KnowledgeSearchHandler),
-    (r"/admin/api/knowledge/file", KnowledgeFileHandler),
+    (r"/admin/api/knowledge/(search)", KnowledgeSearchHandler),
+    (r"/admin/api/knowledge\.json", KnowledgeFileHandler),
     (rf"/admin/api/knowledge/{_DOC}", KnowledgeDocumentHandler),
     (r"/admin/api/audio", AudioCollectionHandler),
     (rf"/admin/api/audio/{_CLIP}\.wav", AudioWavHandler),

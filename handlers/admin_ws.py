@@ -10,20 +10,33 @@ import asyncio
 import json
 from collections import deque
 from typing import Any
+from urllib.parse import urlsplit
 
-import tornado.web
 import tornado.websocket
 
+from llmserver.errors import ApiError
+
 from .admin_access import AdminAccess
+from .base import ApiHandler, RequestIdMixin
 
 RECENT_ON_CONNECT = 200
 QUEUE_LIMIT = 500
 
 
-class LiveLogSocket(AdminAccess, tornado.websocket.WebSocketHandler):
+class LiveLogSocket(AdminAccess, RequestIdMixin, tornado.websocket.WebSocketHandler):
     def prepare(self) -> None:
+        # Checked here, not in check_origin, so that a refusal is a JSON error like the rest of the admin API.
+        origin = self.request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc.lower() != self.request.host.lower():
+            raise ApiError(403, "Cross-origin WebSocket connections are refused.", code="foreign_origin")
         if self.current_user is None:
-            raise tornado.web.HTTPError(401, "admin token required")
+            raise ApiError(401, "Admin token required (cookie or 'Authorization: Bearer <token>').", code="admin_token")
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # prepare() has checked it
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        ApiHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
 
     def open(self) -> None:
         self._queue: deque[dict[str, Any]] = deque()

@@ -19,7 +19,6 @@ from .completions import CompletionEndpoint
 
 CHUNK_SECONDS = 0.04
 REALTIME_HEAD_START = 5  # chunks sent at once: the first 200 ms, so playback starts without a gap
-_DATA_MARK = "\x00DATA\x00"
 
 
 def pace_interval(pace: str) -> float | None:
@@ -68,10 +67,11 @@ class AudioCompletionsHandler(CompletionEndpoint):
     async def _stream(self, clip: Clip, factory: ChunkFactory, audio_id: str, include_usage: bool) -> None:
         events = self.events
         transcript = factory.chunk({"role": "assistant", "audio": {"id": audio_id, "transcript": clip.transcript}})
-        # Every audio chunk is the same JSON but for its data: serialise it once and splice the base64 in.
-        head, tail = dumps(factory.chunk({"audio": {"id": audio_id, "data": _DATA_MARK}})).split(
-            dumps(_DATA_MARK)[1:-1]
-        )
+        # Every audio chunk is the same JSON but for its data: serialise it once and splice the base64 in. The
+        # data is the last string of the chunk, so its last empty occurrence is the one (whatever the model says).
+        template = dumps(factory.chunk({"audio": {"id": audio_id, "data": ""}}))
+        split_at = template.rindex(b'"data":""') + len(b'"data":"')
+        head, tail = template[:split_at], template[split_at:]
         chunks = [head + data + tail for data in clip.chunks_base64]
         # The transcript and the first 200 ms leave in one write, so playback can start at once.
         await events.send_many([dumps(transcript), *chunks[:REALTIME_HEAD_START]])

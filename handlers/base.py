@@ -33,20 +33,8 @@ def check_api_keys(presented: str | None, accepted: Sequence[str]) -> None:
         raise ApiError(401, "Invalid or missing API key.", code="invalid_api_key")
 
 
-class BaseHandler(tornado.web.RequestHandler):
-    """Gives handlers the services built at start-up and a request id on every response."""
-
-    @property
-    def services(self) -> Services:
-        return self.settings["services"]
-
-    @property
-    def config(self) -> Settings:
-        return self.services.settings
-
-    @property
-    def request_log(self) -> RequestLog:
-        return self.services.request_log
+class RequestIdMixin(tornado.web.RequestHandler):
+    """Every response carries X-Request-Id: the request's own if it sent a sane one, else a generated one."""
 
     @property
     def request_id(self) -> str:
@@ -59,6 +47,26 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         # Called again by clear() before an error page, so the id survives errors too.
         self.set_header("X-Request-Id", self.request_id)
+
+    def _request_summary(self) -> str:
+        # Tornado's log lines (uncaught errors included) without the query string: /admin?token=... has a secret.
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
+
+class BaseHandler(RequestIdMixin):
+    """Gives handlers the services built at start-up."""
+
+    @property
+    def services(self) -> Services:
+        return self.settings["services"]
+
+    @property
+    def config(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def request_log(self) -> RequestLog:
+        return self.services.request_log
 
     def render_template(self, name: str, **namespace: Any) -> None:
         """Renders a Jinja2 template from templates/ (autoescaped) with the common names added."""
@@ -130,9 +138,13 @@ class ApiHandler(BaseHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(error.body()))
 
+    @property
+    def body(self) -> bytes:
+        return self.request.body
+
     def json_body(self) -> Any:
         try:
-            return json.loads(self.request.body)
+            return json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
 
@@ -140,6 +152,44 @@ class ApiHandler(BaseHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, ensure_ascii=False))
+
+
+@tornado.web.stream_request_body
+class LimitedBodyHandler(ApiHandler):
+    """Reads the body as it arrives and keeps it only up to `body_limit()` bytes.
+
+    A body over the limit is answered with 413 without being held in memory: at once when its Content-Length says
+    so, else when it is used. Subclasses check who is asking in prepare() before the body is read.
+    """
+
+    def body_limit(self) -> int:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        length = self.request.headers.get("Content-Length", "")
+        self.declared_too_large = length.isdigit() and int(length) > self.body_limit()
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.body_limit() or self.declared_too_large:
+            self._chunks.clear()
+        else:
+            self._chunks.append(chunk)
+
+    def check_body_size(self) -> None:
+        if self.declared_too_large or self._size > self.body_limit():
+            raise ApiError(413, f"The request body exceeds {self.body_limit()} bytes.", code="request_too_large")
+
+    @property
+    def body(self) -> bytes:
+        self.check_body_size()
+        return b"".join(self._chunks)
+
+
+class StaticFiles(RequestIdMixin, tornado.web.StaticFileHandler):
+    """The dashboard's script and styles, with a request id like every other response."""
 
 
 class NotFoundHandler(ApiHandler):

@@ -18,14 +18,17 @@ from llmserver.chat_request import ChatRequest, parse_chat_request
 from llmserver.errors import ApiError
 from llmserver.upstream import Passage, Upstream
 
-from .base import ApiHandler, EventStream
+from .base import EventStream, LimitedBodyHandler
 
 logger = logging.getLogger("llmserver.handlers")
 
 
-class CompletionEndpoint(ApiHandler):
+class CompletionEndpoint(LimitedBodyHandler):
     endpoint = "chat"
     needs_upstream_key = True
+
+    def body_limit(self) -> int:
+        return self.config.max_body_bytes
 
     @property
     def upstream(self) -> Upstream:
@@ -45,12 +48,12 @@ class CompletionEndpoint(ApiHandler):
         self.record = self.request_log.begin(self.request_id, self.endpoint)
         self.events = EventStream(self, self.record)
         try:
-            if len(self.request.body) > self.config.max_body_bytes:
-                raise ApiError(
-                    413, f"The request body exceeds {self.config.max_body_bytes} bytes.", code="request_too_large"
-                )
+            if self.services.shutting_down:
+                self.set_header("Connection", "close")
+                raise ApiError(503, "The server is shutting down; retry on another instance.", code="shutting_down")
+            self.check_body_size()
             api_key = self.upstream_key(required=self.needs_upstream_key)
-            chat = parse_chat_request(self.request.body, self.config.model)
+            chat = parse_chat_request(self.body, self.config.model)
             self._describe(chat)
             if self._client_gone:
                 raise asyncio.CancelledError
@@ -79,7 +82,7 @@ class CompletionEndpoint(ApiHandler):
         record.messages = len(chat.messages)
         record.last_user_message = self.request_log.truncate(chat.last_user_text())
         record.turn_id = chat.turn_id
-        record.engine_fields = chat.engine_fields
+        record.engine_fields = self.request_log.bounded(chat.engine_fields)
 
     async def _report(self, error: ApiError) -> None:
         if self._client_gone:
@@ -97,7 +100,9 @@ class CompletionEndpoint(ApiHandler):
 
     async def relay_stream(self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()) -> None:
         """Streams the upstream's chunks to the client as they come, then [DONE]."""
-        chunks = self.upstream.stream(body, api_key, passages)
+        # Retry only while nothing of this response has reached the client (on /rag the waiting message has).
+        self.record.upstream_called_ms = self.record.elapsed_ms()
+        chunks = self.upstream.stream(body, api_key, passages, retry=not self.events.started)
         try:
             try:
                 async with asyncio.timeout(self.config.first_token_timeout):
@@ -112,6 +117,7 @@ class CompletionEndpoint(ApiHandler):
                 await self.events.done()
                 return
             await self._send_chunk(first)
+            self.record.upstream_first_chunk_ms = self.record.elapsed_ms()
             async for payload in chunks:
                 await self._send_chunk(payload)
             await self.events.done()
@@ -132,7 +138,9 @@ class CompletionEndpoint(ApiHandler):
     async def relay_completion(
         self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()
     ) -> None:
+        self.record.upstream_called_ms = self.record.elapsed_ms()
         content = await self.upstream.complete(body, api_key, passages)
+        self.record.upstream_first_chunk_ms = self.record.elapsed_ms()
         self.record.mark_chunk()
         self.set_header("Content-Type", "application/json")
         self.finish(content)

@@ -24,7 +24,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from .files import sync_folder, write_atomically
+from .files import stage_file, sync_folder, write_atomically
 
 SAMPLE_RATE = 16_000
 BYTES_PER_SECOND = SAMPLE_RATE * 2
@@ -82,19 +82,29 @@ def to_pcm16(samples: np.ndarray, rate: int) -> bytes:
     return (np.round(clipped * 32767.0)).astype("<i2").tobytes()
 
 
-def decode(data: bytes, raw_pcm: bool) -> bytes:
-    """Any upload -> 16 kHz mono PCM16; raises AudioError when it cannot be decoded."""
+def decode(data: bytes, raw_pcm: bool, max_seconds: float) -> bytes:
+    """Any upload -> 16 kHz mono PCM16; raises AudioError when it cannot be decoded or is too long."""
     if raw_pcm:
         if len(data) % 2:
             raise AudioError("Raw PCM16 must have an even number of bytes.", field="file")
+        check_duration(len(data) / BYTES_PER_SECOND, max_seconds)
         return data
     try:
+        # The length from the header first: a small compressed file can decode to hours of samples.
+        info = soundfile.info(io.BytesIO(data))
+        if info.samplerate > 0:
+            check_duration(info.frames / info.samplerate, max_seconds)
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"The file could not be decoded as WAV, FLAC, OGG or MP3 ({exc}).", field="file") from None
     if not np.isfinite(samples).all():
         raise AudioError("The file holds samples that are not finite numbers.", field="file")
     return to_pcm16(samples, rate)
+
+
+def check_duration(seconds: float, max_seconds: float) -> None:
+    if seconds > max_seconds:
+        raise AudioError(f"The clip is {seconds:.1f} s long, more than the limit of {max_seconds:g} s.", field="file")
 
 
 def simulated_clip() -> Clip:
@@ -158,15 +168,16 @@ class AudioLibrary:
             pcm_stat, text_stat = os.stat(pcm_path), os.stat(text_path)
         except OSError:
             raise AudioError(f"No clip named {name!r}.", field="name", status=404) from None
-        key = (pcm_stat.st_mtime_ns, pcm_stat.st_size, text_stat.st_mtime_ns, text_stat.st_size)
+        key = (pcm_stat.st_ino, pcm_stat.st_mtime_ns, text_stat.st_ino, text_stat.st_mtime_ns)
         cached = self._cache.get(name)
         if cached and cached[0] == key:
             return cached[1]
         try:
-            with open(pcm_path, "rb") as handle:
-                pcm = handle.read()
-            with open(text_path, encoding="utf-8") as handle:
-                transcript = handle.read().strip()
+            with self._lock:  # held only while reading: writers take it just for their renames
+                with open(pcm_path, "rb") as handle:
+                    pcm = handle.read()
+                with open(text_path, encoding="utf-8") as handle:
+                    transcript = handle.read().strip()
         except (OSError, UnicodeDecodeError):
             raise AudioError(f"Clip {name!r} cannot be read.", field="name", status=404) from None
         clip = Clip(name, pcm[: len(pcm) - len(pcm) % 2], transcript)
@@ -222,21 +233,26 @@ class AudioLibrary:
             raise AudioError("The file is empty.", field="file")
         if len(data) > self.max_bytes:
             raise AudioError(f"The file is larger than {self.max_bytes} bytes.", field="file", status=413)
-        pcm = decode(data, raw_pcm)
+        pcm = decode(data, raw_pcm, self.max_seconds)
         if not pcm:
             raise AudioError("The file holds no audio.", field="file")
-        seconds = len(pcm) / BYTES_PER_SECOND
-        if seconds > self.max_seconds:
-            raise AudioError(
-                f"The clip is {seconds:.1f} s long, more than the limit of {self.max_seconds:g} s.", field="file"
-            )
+        check_duration(len(pcm) / BYTES_PER_SECOND, self.max_seconds)  # the header may have understated it
+        # Both files are written in full (and synced) first; the two renames then happen under the lock that
+        # readers take, so a reader never pairs the new transcript with the old audio, and a failed write
+        # leaves the old clip as it was.
+        text = stage_file(self._path(name, ".txt"), transcript.strip().encode() + b"\n")
+        try:
+            audio = stage_file(self._path(name, ".pcm"), pcm)
+        except BaseException:
+            text.discard()
+            raise
         with self._lock:
-            # Transcript first: a clip is listed once its .pcm exists, and then it has the new text.
-            write_atomically(self._path(name, ".txt"), transcript.strip().encode() + b"\n")
-            write_atomically(self._path(name, ".pcm"), pcm)
+            text.commit()
+            audio.commit()
             self._cache.pop(name, None)
-            if activate:
-                self._write_active(name)
+        sync_folder(self.folder)
+        if activate:
+            self.activate(name)
         return self.get(name)
 
     def activate(self, name: str) -> None:

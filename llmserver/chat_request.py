@@ -127,7 +127,8 @@ def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
             )
 
     for name, (types, described) in _FIELD_TYPES.items():
-        if name in body and not _is_type(body[name], types):
+        # null is accepted for every optional parameter, as OpenAI does, and passed on as it is.
+        if body.get(name) is not None and not _is_type(body[name], types):
             raise ApiError(400, f"'{name}' must be {described}.", param=name, code="invalid_type")
 
     engine_fields = {name: body.pop(name) for name in ENGINE_TOP_LEVEL_FIELDS if name in body}

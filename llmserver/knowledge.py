@@ -151,21 +151,14 @@ class KnowledgeBase:
             result.append(document)
         return result
 
-    def _serialise(self) -> bytes:
-        data = {"version": self.version, "documents": list(self._documents.values())}
-        return (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode()
-
     def _commit(self, documents: dict[str, dict[str, Any]], changed: list[str]) -> None:
-        """Saves the new state, then makes it current; a failed save leaves memory and file as they were."""
-        previous = (self._documents, self.version)
-        self._documents, self.version = documents, self.version + 1
-        try:
-            write_atomically(self.path, self._serialise())
-        except OSError:
-            self._documents, self.version = previous
-            raise
+        """Saves the new state, then makes it current: a failed save changes neither memory nor the file."""
+        version = self.version + 1
+        data = {"version": version, "documents": list(documents.values())}
+        write_atomically(self.path, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode())
+        self._documents, self.version = documents, version
         for doc_id in changed:
-            self._changed_at[doc_id] = self.version
+            self._changed_at[doc_id] = version
         self._reindex()
 
     def _replace_all(self, documents: list[dict[str, Any]]) -> None:

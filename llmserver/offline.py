@@ -61,7 +61,7 @@ class OfflineResponder:
         self.word_delay = word_delay
 
     async def stream(
-        self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()
+        self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = (), retry: bool = True
     ) -> AsyncIterator[bytes]:
         factory = ChunkFactory(MODEL)
         words = _words(compose_reply(body, passages))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -26,16 +27,21 @@ class RequestRecord:
     engine_fields: dict[str, Any] = field(default_factory=dict)
     status: int = 200
     outcome: str = "ok"  # ok, error, cancelled
-    first_chunk_ms: float | None = None
+    first_chunk_ms: float | None = None  # the first chunk to the client (on /rag: the waiting message)
+    upstream_called_ms: float | None = None  # when the upstream call began
+    upstream_first_chunk_ms: float | None = None  # when the upstream's first chunk was relayed
     total_ms: float | None = None
     chunks: int = 0
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)  # retrieval hits, audio clip, ...
     _start: float = field(default_factory=time.perf_counter, repr=False)
 
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self._start) * 1000, 3)
+
     def mark_chunk(self) -> None:
         if self.first_chunk_ms is None:
-            self.first_chunk_ms = round((time.perf_counter() - self._start) * 1000, 3)
+            self.first_chunk_ms = self.elapsed_ms()
         self.chunks += 1
 
     def fail(self, status: int, message: str) -> None:
@@ -52,6 +58,34 @@ class RequestRecord:
         data = asdict(self)
         data.pop("_start")
         return data
+
+
+def describe(record: dict[str, Any]) -> str:
+    """The record as one log line (no keys or headers are ever in a record)."""
+    parts = [
+        record["request_id"],
+        record["endpoint"],
+        f"model={record['model']}",
+        f"status={record['status']}",
+        f"outcome={record['outcome']}",
+        f"first_chunk_ms={record['first_chunk_ms']}",
+        f"total_ms={record['total_ms']}",
+        f"chunks={record['chunks']}",
+        f"messages={record['messages']}",
+    ]
+    if record["turn_id"] is not None:
+        parts.append(f"turn_id={record['turn_id']}")
+    retrieval = record["details"].get("retrieval")
+    if retrieval is not None:
+        hits = ",".join(f"{hit['id']}:{hit['score']}" for hit in retrieval["hits"]) or "none"
+        parts.append(f"hits={hits} retrieval_ms={retrieval['ms']}")
+    audio = record["details"].get("audio")
+    if audio is not None:
+        parts.append("clip=simulated" if audio["simulated"] else f"clip={audio['clip']}")
+    parts.append(f"user={record['last_user_message']!r}")
+    if record["error"]:
+        parts.append(f"error={record['error']!r}")
+    return " ".join(parts)
 
 
 class RequestLog:
@@ -71,27 +105,21 @@ class RequestLog:
         self.in_flight += 1
         return RequestRecord(request_id=request_id, endpoint=endpoint)
 
+    def bounded(self, value: dict[str, Any], limit: int = 4096) -> dict[str, Any]:
+        """`value` as it is if its JSON is small, else a truncated JSON text: records stay small in memory."""
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        return value if len(text) <= limit else {"truncated": text[:limit] + "…"}
+
     def truncate(self, text: str) -> str:
         return text if len(text) <= self.text_chars else text[: self.text_chars - 1] + "…"
 
     def finish(self, record: RequestRecord) -> None:
         self.in_flight -= 1
-        record.total_ms = round((time.perf_counter() - record._start) * 1000, 3)
+        record.total_ms = record.elapsed_ms()
         self.totals[record.outcome] += 1
         data = record.to_dict()
         self._records.append(data)
-        logger.info(
-            "%s %s %s status=%s outcome=%s first_chunk_ms=%s total_ms=%s chunks=%d%s",
-            record.request_id,
-            record.endpoint,
-            record.model,
-            record.status,
-            record.outcome,
-            record.first_chunk_ms,
-            record.total_ms,
-            record.chunks,
-            f" error={record.error!r}" if record.error else "",
-        )
+        logger.info("%s", describe(data))
         for subscriber in list(self._subscribers):
             try:
                 subscriber(data)

@@ -28,6 +28,7 @@ class Services:
     admin_token: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(24))
     cookie_secret: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(32))
     started_at: float = field(default_factory=time.time)
+    shutting_down: bool = False  # set on SIGTERM: new requests get 503 while running ones finish
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

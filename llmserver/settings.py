@@ -127,6 +127,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--offline-word-delay", "OFFLINE_WORD_DELAY", type=float, default=defaults.offline_word_delay, help="seconds"
     )
     option("--knowledge", "KNOWLEDGE_FILE", default=defaults.knowledge_file, help="knowledge base file")
+    option("--max-documents", "MAX_DOCUMENTS", type=int, default=defaults.max_documents, help="knowledge base size")
+    option(
+        "--max-document-chars", "MAX_DOCUMENT_CHARS", type=int, default=defaults.max_document_chars, help="per document"
+    )
     option("--rag-top-k", "RAG_TOP_K", type=int, default=defaults.rag_top_k, help="passages injected")
     option("--rag-min-score", "RAG_MIN_SCORE", type=float, default=defaults.rag_min_score, help="minimum BM25 score")
     option(
@@ -175,6 +179,8 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
         rag_waiting_message=args.rag_waiting_message,
         waiting_messages=waiting or DEFAULT_WAITING_MESSAGES,
         rag_template=args.rag_template,
+        max_documents=args.max_documents,
+        max_document_chars=args.max_document_chars,
         audio_dir=args.audio_dir,
         audio_pace=args.audio_pace,
         audio_max_bytes=args.audio_max_bytes,

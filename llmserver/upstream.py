@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 import openai
@@ -38,7 +39,7 @@ class Upstream(Protocol):
     base_url: str | None
 
     def stream(
-        self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()
+        self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = (), retry: bool = True
     ) -> AsyncIterator[bytes]: ...
 
     async def complete(self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()) -> bytes: ...
@@ -80,11 +81,12 @@ def upstream_error(exc: openai.APIError) -> ApiError:
     return ApiError(502, f"Upstream error: {exc}", code="upstream_error")
 
 
-async def _drain(received: AsyncIterator[bytes]) -> None:
+async def _drain_and_close(received: AsyncIterator[bytes], response: httpx2.Response) -> None:
     """Reads what follows [DONE] (the end of the chunked body) so the connection goes back to the pool.
 
     Closing a response that is not fully read closes its connection, and a new TCP connection per request
-    costs more than the whole relay. An upstream that keeps the stream open after [DONE] gets a second.
+    costs more than the whole relay. It runs after the client has its [DONE]; an upstream that keeps the body
+    open after [DONE] gets a second, then its connection is closed.
     """
     try:
         async with asyncio.timeout(_DRAIN_SECONDS):
@@ -92,18 +94,32 @@ async def _drain(received: AsyncIterator[bytes]) -> None:
                 pass
     except (TimeoutError, httpx2.HTTPError):
         pass
+    finally:
+        await response.aclose()
+
+
+def redact_url(url: str) -> str:
+    """The URL without user and password, for logs and the dashboard."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class OpenAIUpstream:
     mode = "openai"
 
     def __init__(self, settings: Settings) -> None:
-        self.base_url = settings.base_url or "https://api.openai.com/v1"
+        base_url = settings.base_url or "https://api.openai.com/v1"
+        self.base_url = redact_url(base_url)  # what is shown; the client keeps any credentials in the URL
         self._has_own_key = bool(settings.api_key)
+        self._draining: set[asyncio.Task] = set()
         self._client = openai.AsyncOpenAI(
             # Without a key of its own the server forwards the caller's key on each request (see _options).
             api_key=settings.api_key or "forwarded-per-request",
-            base_url=self.base_url,
+            base_url=base_url,
             max_retries=settings.upstream_retries,
             timeout=httpx2.Timeout(settings.read_timeout, connect=settings.connect_timeout),
             # aiohttp as the transport: measured several times faster per request than the default under load
@@ -111,31 +127,39 @@ class OpenAIUpstream:
             http_client=openai.DefaultAioHttpClient(),
         )
 
-    def _options(self, api_key: str | None) -> dict[str, Any]:
-        if self._has_own_key or not api_key:
-            return {}
-        return {"headers": {"Authorization": f"Bearer {api_key}"}}
+    def _options(self, api_key: str | None, retry: bool = True) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if not self._has_own_key and api_key:
+            options["headers"] = {"Authorization": f"Bearer {api_key}"}
+        if not retry:
+            options["max_retries"] = 0
+        return options
 
     async def stream(
-        self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()
+        self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = (), retry: bool = True
     ) -> AsyncIterator[bytes]:
+        """The upstream's chunks as SSE payloads. `retry=False` once the client has received bytes of this response."""
         try:
             response = await self._client.post(
                 "/chat/completions",
                 body=body,
                 cast_to=httpx2.Response,
                 stream=True,
-                options=self._options(api_key),
+                options=self._options(api_key, retry),
             )
         except openai.APIError as exc:
             raise upstream_error(exc) from None
         reader = SSELineReader()
         received = response.aiter_bytes()
+        finished = False
         try:
             async for data in received:
                 for payload in reader.feed(data):
                     if payload == b"[DONE]":
-                        await _drain(received)
+                        finished = True
+                        task = asyncio.ensure_future(_drain_and_close(received, response))
+                        self._draining.add(task)
+                        task.add_done_callback(self._draining.discard)
                         return
                     yield payload
         except httpx2.TimeoutException:
@@ -143,7 +167,8 @@ class OpenAIUpstream:
         except httpx2.HTTPError as exc:
             raise ApiError(502, f"The upstream stream broke: {exc}", code="upstream_stream_broken") from None
         finally:
-            await response.aclose()
+            if not finished:
+                await response.aclose()
         raise ApiError(502, "The upstream ended the stream without [DONE].", code="upstream_stream_incomplete")
 
     async def complete(self, body: dict[str, Any], api_key: str | None, passages: Sequence[Passage] = ()) -> bytes:
@@ -163,4 +188,6 @@ class OpenAIUpstream:
         return response.content
 
     async def aclose(self) -> None:
+        if self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)
         await self._client.close()

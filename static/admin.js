@@ -215,8 +215,11 @@ function connect() {
     socketState.textContent = "live";
     socketState.className = "pill live";
     reconnectDelay = 500;
+    // The server sends the latest records again on every connection: start afresh.
     records.length = 0;
+    heldWhilePaused = [];
     rows.replaceChildren();
+    document.getElementById("pause").textContent = paused ? "Resume" : "Pause";
   });
   socket.addEventListener("message", (event) => {
     const message = JSON.parse(event.data);
@@ -364,7 +367,7 @@ document.getElementById("kb-import").addEventListener("change", async (event) =>
   try {
     const data = JSON.parse(await file.text());
     if (!window.confirm(`Replace the whole knowledge base with the ${(data.documents || []).length} documents of ${file.name}?`)) return;
-    await api("PUT", "/admin/api/knowledge/file", data);
+    await api("PUT", "/admin/api/knowledge.json", data);
     show(kbMessage, `Imported ${file.name}.`);
     await loadKnowledge();
   } catch (error) {

@@ -16,8 +16,8 @@ ROUTES = [
     ("GET", "/admin/api/knowledge"),
     ("POST", "/admin/api/knowledge"),
     ("GET", "/admin/api/knowledge/search?q=agora"),
-    ("GET", "/admin/api/knowledge/file"),
-    ("PUT", "/admin/api/knowledge/file"),
+    ("GET", "/admin/api/knowledge.json"),
+    ("PUT", "/admin/api/knowledge.json"),
     ("GET", "/admin/api/knowledge/connect-agora"),
     ("PUT", "/admin/api/knowledge/connect-agora"),
     ("DELETE", "/admin/api/knowledge/connect-agora"),
@@ -111,11 +111,11 @@ async def test_knowledge_crud_with_versions_and_conflicts(http_server, base_url,
 @pytest.mark.gen_test
 async def test_export_and_import(http_server, base_url, services):
     admin = bearer(base_url, services.admin_token)
-    exported = await admin.fetch("GET", "/admin/api/knowledge/file")
+    exported = await admin.fetch("GET", "/admin/api/knowledge.json")
     assert "attachment" in exported.headers["Content-Disposition"]
     data = json.loads(exported.body)
     data["documents"] = data["documents"][:2]
-    imported = await admin.fetch("PUT", "/admin/api/knowledge/file", data)
+    imported = await admin.fetch("PUT", "/admin/api/knowledge.json", data)
     assert imported.code == 200 and len(json.loads(imported.body)["documents"]) == 2
     assert len(services.knowledge_base) == 2
 
@@ -127,17 +127,18 @@ BAD_KNOWLEDGE = [
     ("POST", "/admin/api/knowledge", b'{"id": "connect-agora", "content": "dup"}', 409),
     ("POST", "/admin/api/knowledge", b'{"id": "../x", "content": "bad id"}', 400),
     ("POST", "/admin/api/knowledge", b'{"id": "big", "content": "' + b"x" * 200_001 + b'"}', 400),
-    ("PUT", "/admin/api/knowledge/connect-agora", b'{"content": ""}', 400),
+    ("PUT", "/admin/api/knowledge/connect-agora", b'{"content": "", "version": 1}', 400),
     ("PUT", "/admin/api/knowledge/connect-agora", b'{"content": "x", "version": "1"}', 400),
-    ("PUT", "/admin/api/knowledge/nope", b'{"content": "x"}', 404),
+    ("PUT", "/admin/api/knowledge/connect-agora", b'{"content": "no version: it could overwrite a newer edit"}', 400),
+    ("PUT", "/admin/api/knowledge/nope", b'{"content": "x", "version": 1}', 404),
     ("DELETE", "/admin/api/knowledge/nope", None, 404),
     (
         "PUT",
-        "/admin/api/knowledge/file",
+        "/admin/api/knowledge.json",
         b'{"documents": [{"id": "a", "content": "x"}, {"id": "a", "content": "y"}]}',
         400,
     ),
-    ("PUT", "/admin/api/knowledge/file", b'{"documents": "none"}', 400),
+    ("PUT", "/admin/api/knowledge.json", b'{"documents": "none"}', 400),
     ("GET", "/admin/api/knowledge/search?q=x&k=0", None, 400),
     ("GET", "/admin/api/knowledge/search?q=x&k=many", None, 400),
 ]
@@ -204,7 +205,7 @@ BAD_UPLOADS = [
     ({"transcript": "t", "name": "x"}, "x.wav", b"not audio", 400, "could not be decoded"),
     ({"transcript": "", "name": "x"}, "x.wav", encode(tone(1, 16000), 16000), 400, "needs a transcript"),
     ({"transcript": "t", "name": "../x"}, "x.wav", encode(tone(1, 16000), 16000), 400, "clip name"),
-    ({"transcript": "t"}, ".hidden.wav", encode(tone(1, 16000), 16000), 400, "clip name"),
+    ({"transcript": "t", "name": ".hidden"}, "x.wav", encode(tone(1, 16000), 16000), 400, "clip name"),
     ({"transcript": "t", "name": "x"}, "x.wav", b"", 400, "empty"),
     ({"transcript": "t", "name": "long"}, "x.wav", encode(tone(3, 16000), 16000), 400, "limit of 2 s"),
     ({"transcript": "t", "name": "big"}, "x.pcm", b"\x00" * 200_002, 413, "larger than"),
