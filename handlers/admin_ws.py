@@ -35,8 +35,12 @@ class LiveLogSocket(AdminAccess, RequestIdMixin, tornado.websocket.WebSocketHand
     def check_origin(self, origin: str) -> bool:
         return True  # prepare() has checked it
 
+    # Refusals look and log like the rest of the admin API's.
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         ApiHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
+
+    def log_exception(self, typ, value, tb) -> None:
+        ApiHandler.log_exception(self, typ, value, tb)  # type: ignore[arg-type]
 
     def open(self) -> None:
         self._queue: deque[dict[str, Any]] = deque()

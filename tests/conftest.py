@@ -30,7 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def no_errors_logged(caplog):
     """An unexpected exception inside the server is a failure even when the client got a clean error."""
     yield
-    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR and r.name.startswith("llmserver")]
+    watched = ("llmserver", "tornado.application", "tornado.general", "asyncio")
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR and r.name.startswith(watched)]
     assert not errors, "the server logged errors: " + "; ".join(r.getMessage() for r in errors)
 
 

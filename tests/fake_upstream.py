@@ -34,6 +34,7 @@ class Behaviour:
     bad_chunk_at: int | None = None  # send a non-JSON data line as this chunk
     error_event_at: int | None = None  # send an error event as this chunk
     tool_call: bool = False  # stream a tool call instead of text
+    linger_after_done: float = 0.0  # keep the response open this long after [DONE]
 
 
 @dataclass
@@ -161,6 +162,8 @@ class ChatHandler(_FakeHandler):
                 await self.flush()
             self.write("data: [DONE]\n\n")
             await self.flush()
+            if behaviour.linger_after_done:
+                await asyncio.sleep(behaviour.linger_after_done)
         except tornado.iostream.StreamClosedError:
             pass
 

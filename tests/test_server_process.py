@@ -54,14 +54,15 @@ async def open_stream(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWri
     return reader, writer
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.gen_test(timeout=60)
-async def test_start_line_and_graceful_shutdown_lets_running_streams_finish(tmp_path, io_loop):
+async def test_start_line_and_graceful_shutdown_lets_running_streams_finish(tmp_path, io_loop, stop_signal):
     process, url, line = await start_server(tmp_path, "--offline-word-delay", "0.04")
     try:
         assert "upstream: offline" in line and url.startswith("http://localhost:")
         reader, writer = await open_stream(url)
         await reader.readuntil(b'"content":"I "')  # the stream is running
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         rest = await asyncio.wait_for(reader.read(), 30)
         assert b"data: [DONE]" in rest, "the running stream was cut by the shutdown"
         assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -190,8 +190,12 @@ def test_a_conflicting_edit_is_reported_not_saved(browser: Browser, page: Page, 
     other.fill("#kb-form [name=content]", "Second operator's text.")
     other.click("#kb-form button[type=submit]")
     expect(other.locator("#kb-form-error")).to_contain_text("Conflict")
-    page.click("#tab-knowledge")
-    expect(page.locator("#kb-version")).to_be_visible()
+    # The first operator's text is what is stored and what the RAG endpoint now answers with.
+    assert "First operator's text." in ask(server_url, "rag", "How do I stop the server? SIGTERM shutdown")
+    other.reload()
+    other.click("#tab-knowledge")
+    other.click("#kb-rows tr[data-id=shutdown] button:has-text('Edit')")
+    expect(other.locator("#kb-form [name=content]")).to_have_value("First operator's text.")
     other.context.close()
 
 

@@ -73,6 +73,41 @@ async def test_a_cookie_with_the_xsrf_token_works(http_server, base_url, service
 
 
 @pytest.mark.gen_test
+async def test_the_xsrf_token_must_come_in_the_header(http_server, base_url, services):
+    client = await sign_in_with_cookie(base_url, services.admin_token, with_xsrf=False)
+    xsrf = client.headers["Cookie"].split("_xsrf=")[1].split(";")[0]
+    response = await client.fetch("DELETE", f"/admin/api/knowledge/connect-agora?_xsrf={xsrf}")
+    assert response.code == 403 and "X-XSRFToken" in json.loads(response.body)["error"]["message"]
+    assert services.knowledge_base.get("connect-agora")
+
+
+@pytest.mark.gen_test
+async def test_documents_named_like_the_fixed_routes_can_be_changed(http_server, base_url, services):
+    admin = bearer(base_url, services.admin_token)
+    for doc_id in ("search", "file"):
+        assert (await admin.fetch("POST", "/admin/api/knowledge", {"id": doc_id, "content": "odd name"})).code == 201
+        version = services.knowledge_base.version
+        update = {"content": "changed", "version": version}
+        assert (await admin.fetch("PUT", f"/admin/api/knowledge/{doc_id}", update)).code == 200
+        assert services.knowledge_base.get(doc_id)["content"] == "changed"
+        assert (await admin.fetch("DELETE", f"/admin/api/knowledge/{doc_id}")).code == 204
+    search = "/admin/api/knowledge/search?q=How+do+I+connect+this+server+to+Agora"
+    hits = json.loads((await admin.fetch("GET", search)).body)["hits"]
+    assert hits[0]["id"] == "connect-agora"
+
+
+@pytest.mark.settings(max_body_bytes=1000, audio_max_bytes=100_000)
+@pytest.mark.gen_test
+async def test_oversized_bodies_are_refused_from_their_content_length(http_server, base_url, services):
+    admin = bearer(base_url, services.admin_token)
+    body, content_type = multipart({"transcript": "t", "name": "big"}, "big.pcm", b"\x00" * 300_000)
+    response = await admin.fetch("POST", "/admin/api/audio", raw=body, headers={"Content-Type": content_type})
+    assert response.code == 413 and "big" not in [c["name"] for c in services.audio_library.list()]
+    anonymous = await AdminClient(base_url, {}).fetch("POST", "/admin/api/audio", raw=body)
+    assert anonymous.code == 401  # turned away before its body is read
+
+
+@pytest.mark.gen_test
 async def test_completion_endpoints_need_no_cookie_or_xsrf(http_server, base_url):
     result = await stream(base_url, "/rag/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
     assert result.response.code == 200

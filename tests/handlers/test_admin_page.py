@@ -73,3 +73,4 @@ async def test_static_files_are_served_locally(http_server, base_url):
     for name in ("admin.js", "admin.css"):
         response = await get(base_url, f"/static/{name}")
         assert response.code == 200 and len(response.body) > 1000
+        assert response.headers["X-Request-Id"].startswith("req_")

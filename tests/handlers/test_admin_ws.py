@@ -34,6 +34,9 @@ async def test_without_the_token_the_socket_is_refused(http_server, base_url, he
     with pytest.raises(HTTPClientError) as refused:
         await connect(base_url, headers)
     assert refused.value.code == 401
+    response = refused.value.response
+    assert json.loads(response.body)["error"]["code"] == "admin_token"
+    assert response.headers["X-Request-Id"].startswith("req_")
 
 
 @pytest.mark.gen_test
@@ -42,6 +45,7 @@ async def test_a_foreign_origin_is_refused_even_with_the_cookie(http_server, bas
     with pytest.raises(HTTPClientError) as refused:
         await connect(base_url, {**client.headers, "Origin": "https://evil.example"})
     assert refused.value.code == 403
+    assert json.loads(refused.value.response.body)["error"]["code"] == "foreign_origin"
     connection = await connect(base_url, {**client.headers, "Origin": base_url})  # the page's own origin
     connection.close()
 
@@ -71,8 +75,10 @@ async def test_at_most_200_recent_records_are_sent(http_server, base_url, servic
         services.request_log.in_flight += 1
         services.request_log.finish(record)
     connection = await connect(base_url, {"Authorization": f"Bearer {services.admin_token}"})
-    first = await next_message(connection)
-    assert first["record"]["request_id"] == "req_50"
+    recent = [await next_message(connection) for _ in range(200)]
+    assert [m["record"]["request_id"] for m in recent] == [f"req_{n}" for n in range(50, 250)]
+    await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "after"}]})
+    assert (await next_message(connection))["record"]["last_user_message"] == "after"  # nothing more came before it
     connection.close()
 
 

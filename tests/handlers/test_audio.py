@@ -27,7 +27,7 @@ def audio_of(chunks: list[dict]) -> tuple[str, str, list[bytes]]:
 @pytest.mark.gen_test
 async def test_stream_round_trips_the_clip_exactly(http_server, base_url, services):
     clip = services.audio_library.active_clip()
-    result = await stream(base_url, "/audio/chat/completions", {**ASK, "model": "agent-voice"})
+    result = await stream(base_url, "/audio/chat/completions", {**ASK, "model": 'agent-voice "data":""'})
     assert result.response.headers["Content-Type"].startswith("text/event-stream")
     chunks = result.chunks
     audio_id, transcript, data = audio_of(chunks)
@@ -41,7 +41,7 @@ async def test_stream_round_trips_the_clip_exactly(http_server, base_url, servic
         assert chunk["choices"][0]["delta"]["audio"]["id"] == audio_id
         assert set(chunk["choices"][0]["delta"]) == {"audio"}
     for chunk in chunks:
-        assert chunk["object"] == "chat.completion.chunk" and chunk["model"] == "agent-voice"
+        assert chunk["object"] == "chat.completion.chunk" and chunk["model"] == 'agent-voice "data":""'
         assert set(chunk["choices"][0]) == {"index", "delta", "logprobs", "finish_reason"}
     assert {c["id"] for c in chunks} == {chunks[0]["id"]} and {c["created"] for c in chunks} == {chunks[0]["created"]}
     assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
@@ -96,6 +96,7 @@ async def test_realtime_pacing_sends_200ms_at_once_then_a_chunk_every_40ms(http_
     services.audio_library.add("second", encode(tone(1.0, 16000), 16000), "One second.", activate=True)
     arrivals = await _arrival_times(base_url)
     assert len(arrivals) == 25
+    assert arrivals[4] - arrivals[0] < 0.02  # the first 200 ms leave together
     # No chunk may come early: after the first five, chunk n is due 40 ms x (n - 4) after the start.
     first = arrivals[0]
     for number, arrived in enumerate(arrivals[5:], start=5):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
@@ -206,13 +207,56 @@ async def test_failures_before_the_first_byte_are_retried(http_server, base_url,
     assert len(fake_upstream.requests) == 3
 
 
-@pytest.mark.settings(upstream_retries=2)
 @pytest.mark.gen_test
-async def test_a_stream_that_has_started_is_never_retried(http_server, base_url, fake_upstream):
-    fake_upstream.behaviour.cut_after = 2
-    result = await stream(base_url, "/chat/completions", {"messages": [USER]})
-    assert len(fake_upstream.requests) == 1
-    assert result.events[-1] == "[DONE]" and "error" in result.events[-2]
+async def test_done_reaches_the_client_without_waiting_for_the_upstream_to_close(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.linger_after_done = 3.0  # an upstream that keeps the body open after [DONE]
+    client = RawClient(base_url)
+    await client.send("/chat/completions", {"messages": [USER], "stream": True})
+    await asyncio.wait_for(client.read_until(b"data: [DONE]"), 2.0)  # well before the upstream closes
+    client.close()
+
+
+@pytest.mark.parametrize("value", [None])
+@pytest.mark.gen_test
+async def test_null_optional_parameters_are_accepted_and_passed_on(http_server, base_url, fake_upstream, value):
+    nullable = [
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "seed",
+        "stop",
+        "user",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "parallel_tool_calls",
+        "stream_options",
+        "logprobs",
+    ]
+    body = {"model": "m", "messages": [USER], "stream": True, **{name: value for name in nullable}}
+    result = await stream(base_url, "/chat/completions", body)
+    assert result.response.code == 200
+    assert all(fake_upstream.last.body[name] is None for name in nullable)
+    no_model = await stream(base_url, "/chat/completions", {"model": None, "messages": [USER]})
+    assert no_model.response.code == 200 and fake_upstream.last.body["model"] == "gpt-4o-mini"
+
+
+@pytest.mark.gen_test
+async def test_large_engine_fields_are_kept_short_in_the_record(http_server, base_url, services):
+    body = {"messages": [USER], "context": {"presence": "x" * 100_000}, "turn_id": 3}
+    await stream(base_url, "/chat/completions", body)
+    record = services.request_log.recent()[-1]
+    assert record["turn_id"] == 3 and len(record["engine_fields"]["truncated"]) < 5000
+
+
+@pytest.mark.gen_test
+async def test_while_shutting_down_new_requests_get_503_and_connection_close(http_server, base_url, services):
+    services.shutting_down = True
+    response = await post(base_url, "/chat/completions", {"messages": [USER]})
+    assert response.code == 503 and json_of(response)["error"]["code"] == "shutting_down"
+    assert response.headers["Connection"] == "close"
 
 
 @pytest.mark.settings(base_url="http://127.0.0.1:9/v1", connect_timeout=2)
@@ -328,6 +372,7 @@ async def test_long_user_messages_are_truncated_in_the_log(http_server, base_url
 @pytest.mark.settings(api_key=None)
 @pytest.mark.gen_test
 async def test_no_key_anywhere_is_a_401_and_no_key_is_ever_logged(http_server, base_url, fake_upstream, caplog):
+    caplog.set_level(logging.DEBUG)
     response = await post(base_url, "/chat/completions", {"messages": [USER], "stream": True})
     assert response.code == 401
     assert json_of(response)["error"]["type"] == "authentication_error"
@@ -338,6 +383,7 @@ async def test_no_key_anywhere_is_a_401_and_no_key_is_ever_logged(http_server, b
     )
     assert result.response.code == 200
     assert fake_upstream.last.headers["Authorization"] == f"Bearer {caller_key}"
+    assert any(r.name == "llmserver.requests" for r in caplog.records)  # the request log line was captured
     assert caller_key not in caplog.text
 
 
@@ -350,6 +396,7 @@ async def test_the_servers_own_key_wins(http_server, base_url, fake_upstream):
 @pytest.mark.settings(api_keys=("client-key-1", "client-key-2"))
 @pytest.mark.gen_test
 async def test_api_keys_are_required_and_never_forwarded(http_server, base_url, fake_upstream, services, caplog):
+    caplog.set_level(logging.DEBUG)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic client-key-1"}):
         response = await post(base_url, "/chat/completions", {"messages": [USER]}, headers)
         assert response.code == 401
@@ -358,6 +405,7 @@ async def test_api_keys_are_required_and_never_forwarded(http_server, base_url, 
     result = await stream(base_url, "/chat/completions", {"messages": [USER]}, {"Authorization": "Bearer client-key-2"})
     assert result.response.code == 200
     assert fake_upstream.last.headers["Authorization"] == f"Bearer {SERVER_KEY}"
+    assert any(r.name == "llmserver.requests" for r in caplog.records)
     everything_logged = caplog.text + json.dumps(services.request_log.recent())
     assert "client-key-2" not in everything_logged and SERVER_KEY not in everything_logged
 

@@ -20,6 +20,21 @@ async def test_models_lists_the_upstreams_models(http_server, base_url, fake_ups
         assert json_of(response)["data"][0]["id"] == "fake-model"
 
 
+@pytest.mark.settings(api_key=None)
+@pytest.mark.gen_test
+async def test_models_follows_the_key_rules(http_server, base_url, fake_upstream):
+    assert (await fetch(base_url, "/v1/models")).code == 401
+    response = await fetch(base_url, "/v1/models", headers={"Authorization": "Bearer sk-caller"})
+    assert response.code == 200 and fake_upstream.last.headers["Authorization"] == "Bearer sk-caller"
+
+
+@pytest.mark.settings(api_keys=("client-key",))
+@pytest.mark.gen_test
+async def test_models_requires_one_of_the_api_keys(http_server, base_url):
+    assert (await fetch(base_url, "/v1/models", headers={"Authorization": "Bearer wrong"})).code == 401
+    assert (await fetch(base_url, "/v1/models", headers={"Authorization": "Bearer client-key"})).code == 200
+
+
 @pytest.mark.settings(upstream="offline")
 @pytest.mark.gen_test
 async def test_offline_models_lists_the_offline_model(http_server, base_url):

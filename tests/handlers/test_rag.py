@@ -35,19 +35,36 @@ async def test_waiting_message_leaves_before_the_upstream_is_called(http_server,
     client = RawClient(base_url)
     await client.send("/rag/chat/completions", {"messages": [QUESTION], "stream": True})
     received = await asyncio.wait_for(client.read_until(b"\n\n"), 10)
-    assert WAITING_MESSAGE_ID.encode() in received
+    assert WAITING_MESSAGE_ID.encode() in received  # while the upstream has not answered at all
     while not fake_upstream.requests:
         await asyncio.sleep(0.005)
     client.close()
-    await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
     while services.request_log.in_flight:
         await asyncio.sleep(0.005)
     record = services.request_log.recent()[-1]
-    sent_at = record["started_at"] + record["first_chunk_ms"] / 1000
-    # The server and the fake share a clock: the waiting message was written before the upstream got the call.
-    called_at = time.time() - (time.perf_counter() - fake_upstream.last.opened_at)
-    assert sent_at < called_at
-    assert record["outcome"] == "cancelled"
+    # The server's own clock: the waiting message was written before the upstream call began.
+    assert record["first_chunk_ms"] < record["upstream_called_ms"]
+    assert record["upstream_first_chunk_ms"] is None and record["outcome"] == "cancelled"
+
+
+@pytest.mark.settings(upstream_retries=2)
+@pytest.mark.gen_test
+async def test_no_retries_once_the_waiting_message_has_been_sent(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.status = 503
+    result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
+    assert len(fake_upstream.requests) == 1
+    waiting, error, done = result.events
+    assert waiting["id"] == WAITING_MESSAGE_ID and error["error"]["code"] == "upstream_error" and done == "[DONE]"
+
+
+@pytest.mark.settings(upstream_retries=2, rag_waiting_message=False)
+@pytest.mark.gen_test
+async def test_without_a_waiting_message_failures_are_retried_before_the_first_byte(
+    http_server, base_url, fake_upstream
+):
+    fake_upstream.behaviour.status = 503
+    response = await post(base_url, "/rag/chat/completions", {"messages": [QUESTION], "stream": True})
+    assert response.code == 502 and len(fake_upstream.requests) == 3
 
 
 @pytest.mark.gen_test
@@ -148,25 +165,29 @@ async def test_bad_input_gets_the_same_errors_as_chat(http_server, base_url, fak
     assert fake_upstream.requests == []
 
 
-@pytest.mark.parametrize("behaviour", [{"hang_before_headers": True}, {"hang": True}])
+@pytest.mark.parametrize(
+    "phase,behaviour",
+    [
+        ("waiting for the upstream's headers", {"hang_before_headers": True}),
+        ("waiting for the first token", {"hang": True}),
+    ],
+)
 @pytest.mark.gen_test
-async def test_leaving_after_the_waiting_message_cancels_retrieval_and_upstream(
-    http_server, base_url, fake_upstream, services, behaviour
+async def test_leaving_after_the_waiting_message_cancels_the_upstream_call(
+    http_server, base_url, fake_upstream, services, phase, behaviour
 ):
     for name, value in behaviour.items():
         setattr(fake_upstream.behaviour, name, value)
     client = RawClient(base_url)
     await client.send("/rag/chat/completions", {"messages": [QUESTION], "stream": True})
     await client.read_until(WAITING_MESSAGE_ID.encode())
-    if behaviour.get("hang"):
-        while not fake_upstream.requests:
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)  # the upstream has answered its headers: now waiting for the first token
+    while not fake_upstream.requests:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # the server is now really waiting in this phase
     left_at = time.perf_counter()
     client.close()
+    await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
+    assert fake_upstream.last.closed_at - left_at < 0.1, phase
     while services.request_log.in_flight:
         await asyncio.sleep(0.005)
     assert services.request_log.recent()[-1]["outcome"] == "cancelled"
-    if fake_upstream.requests:  # the client may leave before the upstream call was made
-        await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
-        assert fake_upstream.last.closed_at - left_at < 0.1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -97,10 +98,25 @@ def test_saved_file_reloads_identically(kb):
     assert again.get("b_2")["enabled"] is False and again.get("b_2")["title"] == ""
 
 
-def test_save_is_atomic_and_leaves_no_temporary_files(kb, tmp_path):
-    for n in range(5):
-        kb.add({"id": f"d{n}", "content": f"document {n}"})
-    assert sorted(os.listdir(tmp_path)) == ["kb.json"]
+def test_a_reader_never_sees_half_a_file_while_saves_go_on(kb, tmp_path):
+    kb.add({"id": "big", "content": "x" * 90_000})  # large enough that a plain write would be seen half-done
+    done = threading.Event()
+    seen: list[int] = []
+
+    def read_continuously() -> None:
+        while not done.is_set():
+            seen.append(len(json.loads(Path(kb.path).read_text(encoding="utf-8"))["documents"]))
+
+    reader = threading.Thread(target=read_continuously)
+    reader.start()
+    try:
+        for n in range(30):
+            kb.add({"id": f"d{n}", "content": "y" * 50_000})
+    finally:
+        done.set()
+        reader.join()
+    assert len(seen) > 10 and seen == sorted(seen)  # every read parsed: whole files only, in order
+    assert sorted(os.listdir(tmp_path)) == ["kb.json"]  # no temporary files left behind
 
 
 def test_a_failed_save_changes_nothing(kb, tmp_path):
