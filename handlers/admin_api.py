@@ -12,9 +12,9 @@ import tornado.httputil
 import tornado.ioloop
 import tornado.web
 
-from llmserver.audio import AudioError, AudioLibrary
-from llmserver.errors import ApiError
-from llmserver.knowledge import KnowledgeBase, KnowledgeError
+from llmserver.audio import AudioLibrary
+from llmserver.errors import ApiError, ServiceError
+from llmserver.knowledge import KnowledgeBase
 
 from .admin_access import AdminAccess
 from .base import LimitedBodyHandler
@@ -57,7 +57,7 @@ class AdminApiHandler(AdminAccess, LimitedBodyHandler):
         loop = tornado.ioloop.IOLoop.current()
         try:
             return await loop.run_in_executor(None, lambda: function(*args, **kwargs))
-        except (KnowledgeError, AudioError) as exc:
+        except ServiceError as exc:
             raise ApiError(exc.status, str(exc), param=exc.field) from None
         except OSError as exc:
             raise ApiError(500, f"Could not save the change: {exc.strerror}.", type="server_error") from None
@@ -82,7 +82,7 @@ class KnowledgeDocumentHandler(AdminApiHandler):
     def get(self, doc_id: str) -> None:
         try:
             self.write_json(self.knowledge_base.get(doc_id))
-        except KnowledgeError as exc:
+        except ServiceError as exc:
             raise ApiError(exc.status, str(exc), param=exc.field) from None
 
     async def put(self, doc_id: str) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from .errors import ServiceError
 from .files import stage_file, sync_folder, write_atomically
 
 SAMPLE_RATE = 16_000
@@ -36,13 +37,8 @@ SIMULATED_TRANSCRIPT = "This is a simulated audio response because no audio clip
 MAX_TRANSCRIPT_CHARS = 10_000
 
 
-class AudioError(ValueError):
+class AudioError(ServiceError):
     """A clip that cannot be accepted or found; the message says which and why."""
-
-    def __init__(self, message: str, *, field: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.status = status
 
 
 @dataclass(frozen=True)

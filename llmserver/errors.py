@@ -45,5 +45,14 @@ class ApiError(Exception):
         return error_body(self.message, self.type, self.param, self.code)
 
 
+class ServiceError(ValueError):
+    """A service's refusal (knowledge base, audio library): a message for the user, the field, an HTTP status."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ServiceError
 from .files import write_atomically
 from .retrieval import BM25Index, tokenize
 
@@ -25,13 +26,8 @@ MAX_TAGS = 32
 MAX_TAG_CHARS = 64
 
 
-class KnowledgeError(ValueError):
+class KnowledgeError(ServiceError):
     """A document or file that cannot be accepted; the message says which and why."""
-
-    def __init__(self, message: str, *, field: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.status = status
 
 
 class DocumentNotFound(KnowledgeError):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -38,10 +40,15 @@ async def start_server(tmp_path, *args: str, **env: str) -> tuple[asyncio.subpro
     return process, url, line
 
 
-async def stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
+@contextlib.asynccontextmanager
+async def running_server(tmp_path, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, str]]:
+    process, url, line = await start_server(tmp_path, *args)
+    try:
+        yield process, url, line
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def open_stream(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -57,8 +64,7 @@ async def open_stream(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWri
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.gen_test(timeout=60)
 async def test_start_line_and_graceful_shutdown_lets_running_streams_finish(tmp_path, io_loop, stop_signal):
-    process, url, line = await start_server(tmp_path, "--offline-word-delay", "0.04")
-    try:
+    async with running_server(tmp_path, "--offline-word-delay", "0.04") as (process, url, line):
         assert "upstream: offline" in line and url.startswith("http://localhost:")
         reader, writer = await open_stream(url)
         await reader.readuntil(b'"content":"I "')  # the stream is running
@@ -68,14 +74,11 @@ async def test_start_line_and_graceful_shutdown_lets_running_streams_finish(tmp_
         assert await asyncio.wait_for(process.wait(), 30) == 0
         writer.close()
         await writer.wait_closed()
-    finally:
-        await stop(process)
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_shutdown_grace_bounds_the_wait(tmp_path, io_loop):
-    process, url, _ = await start_server(tmp_path, "--offline-word-delay", "5", "--shutdown-grace", "0.2")
-    try:
+    async with running_server(tmp_path, "--offline-word-delay", "5", "--shutdown-grace", "0.2") as (process, url, _):
         reader, writer = await open_stream(url)
         await reader.readuntil(b"\r\n\r\n")
         process.send_signal(signal.SIGTERM)
@@ -84,8 +87,6 @@ async def test_shutdown_grace_bounds_the_wait(tmp_path, io_loop):
         assert "[DONE]" not in events
         writer.close()
         await writer.wait_closed()
-    finally:
-        await stop(process)
 
 
 @pytest.mark.gen_test(timeout=60)
