@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -30,24 +31,23 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("server")
-    shutil.copy(SHIPPED_KNOWLEDGE, folder / "knowledge.json")
-    shutil.copytree(SHIPPED_AUDIO, folder / "audio")
+@contextlib.contextmanager
+def server_process(folder: Path, port: int = 0) -> Iterator[str]:
+    """`python server.py` in offline mode on the data in `folder`; yields its URL."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
-    environment.update(ADMIN_TOKEN=ADMIN_TOKEN, OFFLINE_WORD_DELAY="0", AUDIO_PACE="burst")
+    environment.update(
+        ADMIN_TOKEN=ADMIN_TOKEN, COOKIE_SECRET="browser-tests", OFFLINE_WORD_DELAY="0", AUDIO_PACE="burst"
+    )
+    arguments = [
+        "--port",
+        str(port),
+        "--knowledge",
+        str(folder / "knowledge.json"),
+        "--audio-dir",
+        str(folder / "audio"),
+    ]
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "server.py",
-            "--port",
-            "0",
-            "--knowledge",
-            str(folder / "knowledge.json"),
-            "--audio-dir",
-            str(folder / "audio"),
-        ],
+        [sys.executable, "server.py", *arguments],
         cwd=ROOT,
         env=environment,
         stdout=subprocess.PIPE,
@@ -61,6 +61,20 @@ def server_url(tmp_path_factory) -> Iterator[str]:
         process.terminate()
         process.wait(15)
         process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def server_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("server")
+    shutil.copy(SHIPPED_KNOWLEDGE, folder / "knowledge.json")
+    shutil.copytree(SHIPPED_AUDIO, folder / "audio")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server_url(server_folder: Path) -> Iterator[str]:
+    with server_process(server_folder) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +258,20 @@ def test_dashboard_screenshot(page: Page, server_url: str):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def test_the_page_reconnects_when_the_server_comes_back(browser: Browser, tmp_path):
+    shutil.copy(SHIPPED_KNOWLEDGE, tmp_path / "knowledge.json")
+    shutil.copytree(SHIPPED_AUDIO, tmp_path / "audio")
+    context = browser.new_context()
+    page = context.new_page()
+    with server_process(tmp_path) as url:
+        page.goto(f"{url}/admin?token={ADMIN_TOKEN}")
+        expect(page.locator("#socket-state")).to_have_text("live")
+    expect(page.locator("#socket-state")).to_have_text("reconnecting…")
+    port = int(url.rsplit(":", 1)[1])
+    with server_process(tmp_path, port) as url:  # the same address, as after a restart
+        expect(page.locator("#socket-state")).to_have_text("live", timeout=15_000)
+        ask(url, "chat", "After the restart")
+        expect(page.locator("#log-rows tr", has_text="After the restart")).to_be_visible()
+    context.close()
