@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -51,17 +55,18 @@ async def _one_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     """Sends one request on a kept-alive connection; returns (ms to first chunk, ok)."""
     start = time.perf_counter()
     writer.write(request)
-    buffer = b""
+    tail = b""  # only the end of what came before is kept: the client must cost little next to the servers
     first = None
     while True:
-        data = await reader.read(65536)
+        data = await reader.read(262144)
         if not data:
             return first, False
-        buffer += data
-        if first is None and first_marker in buffer:
+        if first is None and first_marker in tail + data:
             first = (time.perf_counter() - start) * 1000
-        if buffer.endswith(b"\r\n0\r\n\r\n"):  # the end of a chunked response
-            return first, b"[DONE]" in buffer
+        ending = tail + data[-64:]  # no copy of large reads
+        if ending.endswith(b"\r\n0\r\n\r\n"):  # the end of a chunked response
+            return first, b"data: [DONE]" in ending
+        tail = ending[-64:]
 
 
 async def run_load(
@@ -137,3 +142,53 @@ async def chunk_arrivals(
         return arrivals
 
     return list(await asyncio.gather(*(one(n) for n in range(concurrency))))
+
+
+async def probe_under_load(
+    port: int,
+    path: str,
+    body: dict,
+    concurrency: int,
+    seconds: float,
+    first_marker: bytes,
+    stagger: float = 0.0,
+    pause: float = 0.0,
+    probes: int = 1,
+    probe_pause: float = 0.05,
+) -> LoadResult:
+    """Time to first `first_marker` of `probes` connections while `concurrency - probes` others load the server.
+
+    The load runs in a separate process, so the probes' own event loop is nearly idle and their timings are the
+    server's, not the load generator's. Probes ask again `probe_pause` after each reply, for many samples.
+    """
+    arguments = {
+        "port": port,
+        "path": path,
+        "body": body,
+        "concurrency": concurrency - probes,
+        "seconds": seconds + stagger + 1.0,
+        "first_marker": first_marker.decode(),
+        "stagger": stagger,
+        "pause": pause,
+    }
+    load = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.load", json.dumps(arguments), cwd=ROOT, stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await asyncio.sleep(0.5 + stagger)  # the load is running and spread out
+        return await run_load(
+            port, path, body, probes, seconds, first_marker=first_marker, stagger=stagger, pause=probe_pause
+        )
+    finally:
+        await load.wait()
+
+
+def _main() -> None:
+    """`python -m bench.load '<json arguments of run_load>'`: a load from another process."""
+    arguments = json.loads(sys.argv[1])
+    arguments["first_marker"] = arguments["first_marker"].encode()
+    asyncio.run(run_load(**arguments))
+
+
+if __name__ == "__main__":
+    _main()

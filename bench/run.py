@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from bench.knowledge_gen import generate_documents, generate_queries
-from bench.load import LoadResult, chunk_arrivals, percentile, run_load
+from bench.load import LoadResult, chunk_arrivals, percentile, probe_under_load, run_load
 from bench.processes import fake_upstream, llm_server
 from llmserver.knowledge import KnowledgeBase
 
@@ -98,8 +98,9 @@ async def bench_rag(seconds: float, words: int) -> list[str]:
     paced_upstream = fake_upstream(words, first_chunk_delay=0.3, chunk_delay=0.02)
     with paced_upstream as upstream_port, llm_server(upstream_port) as server_port:
         await run_load(server_port, "/rag/chat/completions", RAG_BODY, 4, 1.0)  # warm-up
-        # Callers' requests arrive spread out, not all in the same millisecond: stagger the 50 connections'
-        # starts over one stream's length (0.7 s); the closed loop keeps them spread.
+        # Callers' requests arrive spread out, not all in the same millisecond: the connections start staggered over
+        # one stream's length (0.7 s) and the closed loop keeps them spread. (A separate probe process, as for
+        # audio, measured worse here: a fourth busy process on two cores.)
         paced = await run_load(
             server_port,
             "/rag/chat/completions",
@@ -133,25 +134,34 @@ async def bench_audio(seconds: float) -> list[str]:
     lines = []
     with llm_server(None, "--audio-pace", "burst") as server_port:
         await run_load(server_port, "/audio/chat/completions", AUDIO_BODY, 4, 1.0)  # warm-up
-        # 50 callers, each asking again 200 ms after its burst arrived (a real engine plays the 8.4 s first).
-        burst = await run_load(
-            server_port,
-            "/audio/chat/completions",
-            AUDIO_BODY,
-            50,
-            seconds * 2,
-            first_marker=b'"data":"',
-            stagger=0.2,
-            pause=0.2,
-        )
+        rows = []
+        # 50 callers in a closed loop; the latency is one probe caller's, timed in a process of its own while the
+        # 49 others load the server. A real engine plays the 8.4 s clip before it asks again; 200 ms is 40 times
+        # more often than that.
+        for pause, label in (
+            (8.4, "as the engine does: play the 8.4 s reply, then ask again"),
+            (0.2, "ask again 200 ms after the reply"),
+        ):
+            burst = await probe_under_load(
+                server_port,
+                "/audio/chat/completions",
+                AUDIO_BODY,
+                50,
+                seconds * 2,
+                first_marker=b'"data":"',
+                stagger=min(pause, 1.0),
+                pause=pause,
+            )
+            rows.append((label, burst))
         saturated = await run_load(
             server_port, "/audio/chat/completions", AUDIO_BODY, 50, seconds, first_marker=b'"data":"'
         )
-    lines.append(
-        "| first audio chunk, 50 concurrent callers, burst pacing (the 8.4 s shipped clip, 211 chunks, "
-        f"each caller asking again 200 ms after its reply) | p50 {burst.percentile(50):.2f} ms, "
-        f"p99 {burst.percentile(99):.2f} ms ({burst.streams_per_second:.0f} streams/s) | ≤ 5 ms p99 |"
-    )
+    for label, burst in rows:
+        lines.append(
+            f"| first audio chunk, 50 concurrent callers in burst pacing ({label}) | "
+            f"p50 {burst.percentile(50):.2f} ms, p99 {burst.percentile(99):.2f} ms "
+            f"({len(burst.first_chunk_ms)} probe requests) | ≤ 5 ms p99 |"
+        )
     lines.append(
         "| the same with no pause: 50 streams back to back, the machine saturated | "
         f"p50 {saturated.percentile(50):.2f} ms, p99 {saturated.percentile(99):.2f} ms "

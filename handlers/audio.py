@@ -72,24 +72,24 @@ class AudioCompletionsHandler(CompletionEndpoint):
         template = dumps(factory.chunk({"audio": {"id": audio_id, "data": ""}}))
         split_at = template.rindex(b'"data":""') + len(b'"data":"')
         head, tail = template[:split_at], template[split_at:]
-        chunks = [head + data + tail for data in clip.chunks_base64]
+        data = clip.chunks_base64
         # The transcript and the first 200 ms leave in one write, so playback can start at once.
-        await events.send_many([dumps(transcript), *chunks[:REALTIME_HEAD_START]])
+        await events.send_many([dumps(transcript), *(head + part + tail for part in data[:REALTIME_HEAD_START])])
         interval = pace_interval(self.config.audio_pace)
         if interval is None:
-            await events.send_many(chunks[REALTIME_HEAD_START:])
+            await events.send_spliced(head, data[REALTIME_HEAD_START:], tail)
         else:
             loop = asyncio.get_running_loop()
             start = loop.time()
-            for number, chunk in enumerate(chunks[REALTIME_HEAD_START:], start=1):
+            for number, part in enumerate(data[REALTIME_HEAD_START:], start=1):
                 # An absolute schedule: a late wake-up does not push every later chunk back.
                 delay = start + number * interval - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await events.send(chunk)
+                await events.send(head + part + tail)
         await events.send_json(factory.chunk({}, finish_reason="stop"))
         if include_usage:
-            await events.send_json(factory.usage_chunk(usage(0, len(chunks))))
+            await events.send_json(factory.usage_chunk(usage(0, len(data))))
         await events.done()
 
 

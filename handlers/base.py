@@ -14,7 +14,7 @@ from markupsafe import Markup
 from tornado.iostream import StreamClosedError
 
 from llmserver.errors import ApiError, error_body, error_type_for_status
-from llmserver.sse import DONE, encode_comment, encode_event, encode_json_event
+from llmserver.sse import DONE, encode_comment, encode_event, encode_json_event, encode_spliced_events
 
 if TYPE_CHECKING:
     from llmserver.request_log import RequestLog, RequestRecord
@@ -231,11 +231,18 @@ class EventStream:
 
     async def send_many(self, payloads: list[bytes]) -> None:
         """Sends several chunks in one write, for chunks that are all ready."""
-        if not payloads:
-            return
-        for _ in payloads:
+        if payloads:
+            await self.send_encoded(b"".join([encode_event(payload) for payload in payloads]), len(payloads))
+
+    async def send_spliced(self, head: bytes, parts: list[bytes], tail: bytes) -> None:
+        """Sends one chunk `head + part + tail` per part, in one write (see sse.encode_spliced_events)."""
+        if parts:
+            await self.send_encoded(encode_spliced_events(head, parts, tail), len(parts))
+
+    async def send_encoded(self, events: bytes, count: int) -> None:
+        for _ in range(count):
             self._record.mark_chunk()
-        await self._write(b"".join([b"data: " + payload + b"\n\n" for payload in payloads]))
+        await self._write(events)
 
     async def send_json(self, chunk: Any) -> None:
         self._record.mark_chunk()

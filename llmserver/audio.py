@@ -126,6 +126,7 @@ class AudioLibrary:
         self._cache: dict[str, tuple[tuple[int, int, int, int], Clip]] = {}
         self._lock = threading.Lock()
         self._simulated = simulated_clip()
+        self._active_cache: tuple[tuple[int, int], str | None] | None = None
 
     def _path(self, name: str, suffix: str) -> str:
         return os.path.join(self.folder, name + suffix)
@@ -143,6 +144,19 @@ class AudioLibrary:
         return sorted(names)
 
     def active_name(self) -> str | None:
+        # Every audio request asks: answer from memory while neither the folder nor the record has changed
+        # (adding, replacing or deleting a clip renames or unlinks a file, which changes the folder's mtime).
+        try:
+            key = (os.stat(self.folder).st_mtime_ns, os.stat(os.path.join(self.folder, ACTIVE_RECORD)).st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        if key is not None and self._active_cache is not None and self._active_cache[0] == key:
+            return self._active_cache[1]
+        name = self._choose_active()
+        self._active_cache = (key, name) if key is not None else None
+        return name
+
+    def _choose_active(self) -> str | None:
         names = self.names()
         try:
             with open(os.path.join(self.folder, ACTIVE_RECORD), encoding="utf-8") as handle:

@@ -16,6 +16,13 @@ def encode_json_event(obj: Any) -> bytes:
     return encode_event(dumps(obj))
 
 
+def encode_spliced_events(head: bytes, parts: list[bytes], tail: bytes) -> bytes:
+    """One `data: head + part + tail` event per part, built in a single copy (audio chunks differ only in data)."""
+    pieces = [b"data: " + head, b"", tail + b"\n\n"] * len(parts)
+    pieces[1::3] = parts
+    return b"".join(pieces)
+
+
 def encode_comment(text: str) -> bytes:
     return b": " + text.encode() + b"\n\n"
 
