@@ -43,3 +43,10 @@ def test_bad_values_are_refused(argv, capsys):
 def test_keys_are_not_in_the_repr():
     settings = load_settings([], {"OPENAI_API_KEY": "sk-secret", "API_KEYS": "k-secret", "ADMIN_TOKEN": "t-secret"})
     assert "secret" not in repr(settings)
+
+
+def test_credentials_in_the_base_url_are_never_shown():
+    from llmserver.upstream import redact_url
+
+    assert redact_url("https://user:secret@llm.example:8443/v1") == "https://llm.example:8443/v1"
+    assert redact_url("http://127.0.0.1:11434/v1") == "http://127.0.0.1:11434/v1"
