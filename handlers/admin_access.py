@@ -11,6 +11,8 @@ import hmac
 
 import tornado.web
 
+from .base import bearer_token
+
 COOKIE_NAME = "llm_admin"
 COOKIE_DAYS = 7
 
@@ -35,9 +37,7 @@ class AdminAccess(tornado.web.RequestHandler):
         )
 
     def has_bearer_token(self) -> bool:
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and self.token_matches(token.strip())
+        return self.token_matches(bearer_token(self.request))
 
     def has_admin_cookie(self) -> bool:
         value = self.get_signed_cookie(COOKIE_NAME, max_age_days=COOKIE_DAYS)

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import tornado.httputil
 import tornado.web
 from markupsafe import Markup
 from tornado.iostream import StreamClosedError
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("llmserver.handlers")
 _SAFE_REQUEST_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def bearer_token(request: tornado.httputil.HTTPServerRequest) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if there is one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
 
 
 def check_api_keys(presented: str | None, accepted: Sequence[str]) -> None:
@@ -100,11 +109,7 @@ class BaseHandler(RequestIdMixin):
         return forwarded
 
     def bearer_token(self) -> str | None:
-        header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
+        return bearer_token(self.request)
 
 
 class ApiHandler(BaseHandler):
