@@ -91,8 +91,12 @@ def decode(data: bytes, raw_pcm: bool, max_seconds: float) -> bytes:
         if info.samplerate > 0:
             check_duration(info.frames / info.samplerate, max_seconds)
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"The file could not be decoded as WAV, FLAC, OGG or MP3 ({exc}).", field="file") from None
+        # libsndfile names the in-memory file object; only its reason helps the operator.
+        reason = str(exc).rsplit(": ", 1)[-1].strip().rstrip(".") or "unknown format"
+        raise AudioError(f"The file could not be decoded as WAV, FLAC, OGG or MP3 ({reason}).", field="file") from None
     if not np.isfinite(samples).all():
         raise AudioError("The file holds samples that are not finite numbers.", field="file")
     return to_pcm16(samples, rate)

@@ -83,14 +83,13 @@ def validate_document(data: Any, max_chars: int, where: str = "document") -> dic
     if not isinstance(title, str) or len(title) > MAX_TITLE_CHARS:
         raise KnowledgeError(f"{where}: 'title' must be text of at most {MAX_TITLE_CHARS} characters.", field="title")
     tags = data.get("tags", [])
-    if (
-        not isinstance(tags, list)
-        or len(tags) > MAX_TAGS
-        or not all(isinstance(t, str) and 0 < len(t) <= MAX_TAG_CHARS for t in tags)
-    ):
-        raise KnowledgeError(
-            f"{where}: 'tags' must be a list of at most {MAX_TAGS} short non-empty strings.", field="tags"
-        )
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+        raise KnowledgeError(f"{where}: 'tags' must be a list of at most {MAX_TAGS} tags.", field="tags")
+    for tag in tags:
+        if not isinstance(tag, str) or not 0 < len(tag) <= MAX_TAG_CHARS:
+            raise KnowledgeError(
+                f"{where}: the tag {tag!r} must be text of 1 to {MAX_TAG_CHARS} characters.", field="tags"
+            )
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise KnowledgeError(f"{where}: 'enabled' must be true or false.", field="enabled")

@@ -47,6 +47,11 @@ function button(label, onClick, className) {
 function show(node, message) {
   node.textContent = message || "";
   node.hidden = !message;
+  if (message) node.scrollIntoView({ block: "nearest" });
+}
+
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
 }
 
 function ms(value) {
@@ -104,6 +109,7 @@ setInterval(refreshStatus, 2000);
 const MAX_ROWS = 500;
 const CHART_POINTS = 120;
 const records = []; // newest last
+const seen = new Set(); // request ids already shown or held: the server resends the latest on every connection
 let paused = false;
 let heldWhilePaused = [];
 const rows = document.getElementById("log-rows");
@@ -117,7 +123,7 @@ function retrievalOrClip(record) {
     return hits.length ? hits.map((hit) => `${hit.id} (${hit.score})`).join(", ") : "no hits";
   }
   if (details.audio) return details.audio.simulated ? "simulated" : `${details.audio.clip} (${details.audio.duration} s)`;
-  return "";
+  return record.error || "";
 }
 
 function visible(record) {
@@ -137,42 +143,64 @@ function rowFor(record) {
   for (const value of cells) row.appendChild(element("td", value));
   row.children[4].className = record.outcome;
   row.title = record.error || "";
-  row.addEventListener("click", () => openRecord(record));
+  if (record.request_id === selectedId) row.classList.add("selected");
+  row.addEventListener("click", () => openRecord(record, row));
   return row;
 }
 
-function openRecord(record) {
-  document.getElementById("log-detail-body").textContent = JSON.stringify(record, null, 2);
+let selectedId = null;
+function openRecord(record, row) {
+  selectedId = record.request_id;
+  for (const other of rows.querySelectorAll("tr.selected")) other.classList.remove("selected");
+  row.classList.add("selected");
+  const started = new Date(record.started_at * 1000).toISOString();
+  document.getElementById("log-detail-body").textContent = `${started}\n\n${JSON.stringify(record, null, 2)}`;
   document.getElementById("log-detail").hidden = false;
 }
 document.getElementById("log-detail-close").addEventListener("click", () => {
   document.getElementById("log-detail").hidden = true;
+  selectedId = null;
+  for (const other of rows.querySelectorAll("tr.selected")) other.classList.remove("selected");
 });
 
 function addRecord(record) {
   records.push(record);
-  if (records.length > MAX_ROWS) records.shift();
+  if (records.length > MAX_ROWS) seen.delete(records.shift().request_id);
   if (visible(record)) {
+    emptyRow.remove();
     rows.insertBefore(rowFor(record), rows.firstChild);
     while (rows.children.length > MAX_ROWS) rows.removeChild(rows.lastChild);
   }
 }
 
+const emptyRow = element("tr", null, "empty");
+emptyRow.appendChild(element("td", "No requests match these filters yet."));
+emptyRow.firstChild.colSpan = 9;
+rows.replaceChildren(emptyRow);
+
 function rerender() {
-  rows.replaceChildren(...records.filter(visible).reverse().map(rowFor));
+  const shown = records.filter(visible).reverse().map(rowFor);
+  rows.replaceChildren(...(shown.length ? shown : [emptyRow]));
   drawChart();
 }
 filterEndpoint.addEventListener("change", rerender);
 filterOutcome.addEventListener("change", rerender);
 
+function showPaused() {
+  if (socketState.className.includes("down")) return;
+  socketState.textContent = paused ? "paused" : "live";
+  socketState.className = paused ? "pill paused" : "pill live";
+}
+
 document.getElementById("pause").addEventListener("click", (event) => {
   paused = !paused;
-  event.target.textContent = paused ? `Resume` : "Pause";
+  event.target.textContent = paused ? "Resume" : "Pause";
   if (!paused) {
     for (const record of heldWhilePaused) addRecord(record);
     heldWhilePaused = [];
     drawChart();
   }
+  showPaused();
 });
 
 const chartColours = { ok: "#2e7d32", error: "#c62828", cancelled: "#ef6c00" };
@@ -189,14 +217,18 @@ function drawChart() {
   context.clearRect(0, 0, width, height);
   const points = records.filter(visible).slice(-CHART_POINTS);
   const values = points.map((r) => r.first_chunk_ms || 0);
-  const top = Math.max(1, ...values);
+  const top = Math.max(0.001, ...values);
   const bar = width / CHART_POINTS;
   context.fillStyle = "#888";
   context.font = "11px system-ui, sans-serif";
-  context.fillText(`${top.toFixed(1)} ms`, 4, 12);
+  context.fillText(`${top < 10 ? top.toFixed(2) : top.toFixed(0)} ms`, 4, 12);
   points.forEach((record, index) => {
-    const h = ((record.first_chunk_ms || 0) / top) * (height - 18);
     context.fillStyle = chartColours[record.outcome] || "#555";
+    if (record.first_chunk_ms === null || record.first_chunk_ms === undefined) {
+      context.fillRect(index * bar + 1, height - 4, Math.max(1, bar - 2), 4); // failed before any chunk
+      return;
+    }
+    const h = Math.max(1, (record.first_chunk_ms / top) * (height - 18));
     context.fillRect(index * bar + 1, height - h, Math.max(1, bar - 2), h);
   });
 }
@@ -215,11 +247,7 @@ function connect() {
     socketState.textContent = "live";
     socketState.className = "pill live";
     reconnectDelay = 500;
-    // The server sends the latest records again on every connection: start afresh.
-    records.length = 0;
-    heldWhilePaused = [];
-    rows.replaceChildren();
-    document.getElementById("pause").textContent = paused ? "Resume" : "Pause";
+    showPaused();
   });
   socket.addEventListener("message", (event) => {
     const message = JSON.parse(event.data);
@@ -228,7 +256,8 @@ function connect() {
       show(missedNotice, `${missedTotal} record(s) missed: the page fell behind.`);
       return;
     }
-    if (message.type !== "record") return;
+    if (message.type !== "record" || seen.has(message.record.request_id)) return;
+    seen.add(message.record.request_id);
     if (paused) {
       heldWhilePaused.push(message.record);
       document.getElementById("pause").textContent = `Resume (${heldWhilePaused.length} new)`;
@@ -266,10 +295,20 @@ async function loadKnowledge() {
 }
 
 function renderKnowledge() {
-  document.getElementById("kb-version").textContent = `version ${knowledge.version} · ${knowledge.documents.length} documents`;
   const filter = document.getElementById("kb-filter").value.trim().toLowerCase();
   const matching = knowledge.documents.filter((d) =>
     !filter || [d.id, d.title, d.content, d.tags.join(" ")].join(" ").toLowerCase().includes(filter));
+  const total = plural(knowledge.documents.length, "document");
+  document.getElementById("kb-version").textContent = filter
+    ? `version ${knowledge.version} · ${matching.length} of ${total} shown`
+    : `version ${knowledge.version} · ${total}`;
+  if (!matching.length) {
+    const empty = element("tr", null, "empty");
+    empty.appendChild(element("td", filter ? "No document matches this search." : "The knowledge base is empty."));
+    empty.firstChild.colSpan = 5;
+    kbRows.replaceChildren(empty);
+    return;
+  }
   kbRows.replaceChildren(...matching.map((document_) => {
     const row = element("tr");
     row.dataset.id = document_.id;
@@ -278,7 +317,7 @@ function renderKnowledge() {
     row.appendChild(element("td", document_.tags.join(", ")));
     row.appendChild(element("td", document_.enabled ? "yes" : "no"));
     const actions = element("td", null, "actions");
-    actions.appendChild(button("Edit", () => editDocument(document_)));
+    actions.appendChild(button("Edit", () => editLatest(document_.id)));
     actions.appendChild(button("Delete", () => deleteDocument(document_), "danger"));
     row.appendChild(actions);
     return row;
@@ -299,6 +338,14 @@ function editDocument(document_) {
   kbForm.elements.enabled.checked = document_ ? document_.enabled : true;
   kbForm.elements[document_ ? "content" : "id"].focus();
 }
+// Edit what is stored now, at the version read now: an edit never starts from a stale copy.
+async function editLatest(id) {
+  await loadKnowledge();
+  const latest = knowledge.documents.find((d) => d.id === id);
+  if (latest) editDocument(latest);
+  else show(kbMessage, `“${id}” no longer exists: someone deleted it.`);
+}
+
 document.getElementById("kb-new").addEventListener("click", () => editDocument(null));
 document.getElementById("kb-cancel").addEventListener("click", () => { kbForm.hidden = true; });
 
@@ -322,12 +369,22 @@ kbForm.addEventListener("submit", async (event) => {
     show(kbMessage, `Saved “${document_.id}”. The next request uses it.`);
     await loadKnowledge();
   } catch (error) {
-    const prefix = error.status === 409 ? "Conflict: " : "";
-    show(kbFormError, prefix + error.message);
+    if (error.status === 409 && editing) {
+      // Someone saved this document after it was opened here: show theirs, keep ours to copy from.
+      const id = editing.id;
+      show(kbFormError, `Conflict: ${error.message}`);
+      const reload = button("Load their version", () => editLatest(id));
+      reload.id = "kb-reload";
+      kbFormError.appendChild(document.createTextNode(" "));
+      kbFormError.appendChild(reload);
+    } else {
+      show(kbFormError, error.message);
+    }
   }
 });
 
 async function deleteDocument(document_) {
+  show(kbMessage, "");
   if (!window.confirm(`Delete “${document_.id}”? This cannot be undone.`)) return;
   try {
     await api("DELETE", `/admin/api/knowledge/${encodeURIComponent(document_.id)}`);
@@ -341,7 +398,11 @@ async function deleteDocument(document_) {
 document.getElementById("kb-test").addEventListener("submit", async (event) => {
   event.preventDefault();
   const list = document.getElementById("kb-hits");
-  const question = event.target.elements.q.value;
+  const question = event.target.elements.q.value.trim();
+  if (!question) {
+    list.replaceChildren(element("li", "Type a question first."));
+    return;
+  }
   try {
     const result = await api("GET", `/admin/api/knowledge/search?q=${encodeURIComponent(question)}`);
     if (!result.hits.length) {
@@ -363,10 +424,21 @@ document.getElementById("kb-test").addEventListener("submit", async (event) => {
 document.getElementById("kb-import").addEventListener("change", async (event) => {
   const file = event.target.files[0];
   event.target.value = "";
+  show(kbMessage, "");
   if (!file) return;
+  let data;
   try {
-    const data = JSON.parse(await file.text());
-    if (!window.confirm(`Replace the whole knowledge base with the ${(data.documents || []).length} documents of ${file.name}?`)) return;
+    data = JSON.parse(await file.text());
+  } catch {
+    show(kbMessage, `Import refused: ${file.name} is not valid JSON.`);
+    return;
+  }
+  if (!data || !Array.isArray(data.documents)) {
+    show(kbMessage, `Import refused: ${file.name} has no "documents" list.`);
+    return;
+  }
+  try {
+    if (!window.confirm(`Replace the whole knowledge base with the ${plural(data.documents.length, "document")} of ${file.name}?`)) return;
     await api("PUT", "/admin/api/knowledge.json", data);
     show(kbMessage, `Imported ${file.name}.`);
     await loadKnowledge();
@@ -379,6 +451,7 @@ document.getElementById("kb-import").addEventListener("change", async (event) =>
 // Audio clips
 
 const clipRows = document.getElementById("clip-rows");
+let clipNames = [];
 const audioMessage = document.getElementById("audio-message");
 
 async function loadClips() {
@@ -391,7 +464,10 @@ async function loadClips() {
       if (clip.active) name.appendChild(element("span", "active", "pill live"));
       row.appendChild(name);
       row.appendChild(element("td", `${clip.duration.toFixed(1)} s`));
-      row.appendChild(element("td", clip.transcript));
+      const transcript = element("td");
+      transcript.appendChild(element("div", clip.transcript, "clamp"));
+      transcript.title = clip.transcript;
+      row.appendChild(transcript);
       const preview = element("td");
       const player = element("audio");
       player.controls = true;
@@ -402,18 +478,24 @@ async function loadClips() {
       const actions = element("td", null, "actions");
       if (!clip.active) actions.appendChild(button("Activate", () => clipAction("POST", clip.name, "/activate", `“${clip.name}” is now active.`)));
       actions.appendChild(button("Delete", () => {
-        if (window.confirm(`Delete the clip “${clip.name}”?`)) clipAction("DELETE", clip.name, "", `Deleted “${clip.name}”.`);
+        const warning = clip.active ? " It is the active clip: the audio endpoint will send the simulated tone until you activate another." : "";
+        if (window.confirm(`Delete the clip “${clip.name}”?${warning}`)) clipAction("DELETE", clip.name, "", `Deleted “${clip.name}”.`);
       }, "danger"));
       row.appendChild(actions);
       return row;
     }));
-    if (!clips.length) show(audioMessage, "No clips: the audio endpoint sends a simulated reply.");
+    clipNames = clips.map((clip) => clip.name);
+    const warning = document.getElementById("audio-warning");
+    if (!clips.length) show(warning, "No clips: the audio endpoint sends a simulated reply.");
+    else if (!clips.some((clip) => clip.active)) show(warning, "No active clip: the audio endpoint sends the simulated tone. Activate one.");
+    else show(warning, "");
   } catch (error) {
     show(audioMessage, error.message);
   }
 }
 
 async function clipAction(method, name, suffix, done) {
+  show(audioMessage, "");
   try {
     await api(method, `/admin/api/audio/${encodeURIComponent(name)}${suffix}`);
     show(audioMessage, done);
@@ -428,6 +510,10 @@ document.getElementById("audio-upload").addEventListener("submit", async (event)
   const form = event.target;
   const error = document.getElementById("audio-error");
   show(error, "");
+  show(audioMessage, "");
+  const file = form.elements.file.files[0];
+  const name = form.elements.name.value.trim() || (file ? file.name.replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9_-]+/g, "-").replace(/^[-_]+|[-_]+$/g, "") : "");
+  if (clipNames.includes(name) && !window.confirm(`A clip named “${name}” exists. Replace it?`)) return;
   try {
     const clip = await api("POST", "/admin/api/audio", new FormData(form));
     form.reset();

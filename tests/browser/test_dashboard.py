@@ -138,7 +138,9 @@ def test_a_request_appears_in_the_live_log_within_a_second(page: Page, server_ur
     expect(row.locator("td").nth(1)).to_have_text("chat")
     expect(row.locator("td").nth(4)).to_have_text("ok")
     row.click()
-    detail = json.loads(page.locator("#log-detail-body").inner_text())
+    started, record = page.locator("#log-detail-body").inner_text().split("\n\n", 1)
+    assert started.endswith("Z")  # a readable time above the record
+    detail = json.loads(record)
     assert detail["last_user_message"] == "Is the live log live?" and detail["chunks"] > 5
 
 
@@ -204,6 +206,8 @@ def test_a_conflicting_edit_is_reported_not_saved(browser: Browser, page: Page, 
     other.fill("#kb-form [name=content]", "Second operator's text.")
     other.click("#kb-form button[type=submit]")
     expect(other.locator("#kb-form-error")).to_contain_text("Conflict")
+    other.click("#kb-reload")  # the page offers the stored version instead of overwriting it
+    expect(other.locator("#kb-form [name=content]")).to_have_value("First operator's text.")
     # The first operator's text is what is stored and what the RAG endpoint now answers with.
     assert "First operator's text." in ask(server_url, "rag", "How do I stop the server? SIGTERM shutdown")
     other.reload()
@@ -268,10 +272,17 @@ def test_the_page_reconnects_when_the_server_comes_back(browser: Browser, tmp_pa
     with server_process(tmp_path) as url:
         page.goto(f"{url}/admin?token={ADMIN_TOKEN}")
         expect(page.locator("#socket-state")).to_have_text("live")
+        ask(url, "chat", "Before the restart")
+        expect(page.locator("#log-rows tr", has_text="Before the restart")).to_be_visible()
+        page.click("#pause")
+        expect(page.locator("#socket-state")).to_have_text("paused")
     expect(page.locator("#socket-state")).to_have_text("reconnecting…")
     port = int(url.rsplit(":", 1)[1])
     with server_process(tmp_path, port) as url:  # the same address, as after a restart
-        expect(page.locator("#socket-state")).to_have_text("live", timeout=15_000)
+        expect(page.locator("#socket-state")).to_have_text("paused", timeout=15_000)
+        expect(page.locator("#log-rows tr", has_text="Before the restart")).to_be_visible()  # the table is kept
         ask(url, "chat", "After the restart")
+        expect(page.locator("#pause")).to_have_text("Resume (1 new)")
+        page.click("#pause")
         expect(page.locator("#log-rows tr", has_text="After the restart")).to_be_visible()
     context.close()

@@ -160,3 +160,12 @@ def test_no_folder_is_an_empty_library(tmp_path):
     library = AudioLibrary(str(tmp_path / "missing"))
     assert library.list() == [] and library.active_clip() is None
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_refusal_messages_speak_to_the_operator(library):
+    with pytest.raises(AudioError) as undecodable:
+        library.add("x", b"this is not audio at all", "text")
+    assert "BytesIO" not in str(undecodable.value) and "not recognised" in str(undecodable.value).lower()
+    with pytest.raises(AudioError) as too_long:  # a compressed file is measured from its header, not decoded
+        library.add("x", encode(tone(11, 8000), 8000, "OGG", "VORBIS"), "text")
+    assert str(too_long.value).startswith("The clip is 11.0 s long")

@@ -219,3 +219,9 @@ def test_import_is_validated_whole_before_anything_changes(kb):
     assert [d["id"] for d in kb.list()] == ["keep"]
     kb.replace_all({"documents": [{"id": "new", "content": "fine"}]})
     assert [d["id"] for d in kb.list()] == ["new"] and kb.search("fine", k=1)[0].id == "new"
+
+
+def test_a_bad_tag_is_named_with_the_limit(kb):
+    with pytest.raises(KnowledgeError) as refused:
+        kb.add({"id": "t", "content": "x", "tags": ["fine", "y" * 65]})
+    assert "'" + "y" * 65 + "'" in str(refused.value) and "1 to 64 characters" in str(refused.value)
