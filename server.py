@@ -78,7 +78,11 @@ async def serve(settings: Settings) -> None:
     services = build_services(settings)
     app = make_app(services)
     server = tornado.httpserver.HTTPServer(app, max_body_size=max_upload_bytes(settings), xheaders=True)
-    sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    try:
+        sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+    except OSError as exc:
+        await services.aclose()
+        raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]  # the OS's choice when --port is 0
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host

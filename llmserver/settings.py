@@ -85,6 +85,30 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _number(kind: type, minimum: float, maximum: float | None = None, *, above: bool = False):
+    """An argparse type: `kind` (int or float) at least `minimum` (or above it), at most `maximum`."""
+
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}") from None
+        too_small = number <= minimum if above else number < minimum
+        if too_small or (maximum is not None and number > maximum):
+            bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
+            raise argparse.ArgumentTypeError(f"expected {bound}{f' and at most {maximum:g}' if maximum else ''}")
+        return number
+
+    return parse
+
+
+_PORT = _number(int, 0, 65535)
+_COUNT = _number(int, 1)
+_RETRIES = _number(int, 0, 10)
+_SECONDS = _number(float, 0, above=True)
+_DELAY = _number(float, 0)
+
+
 def _pace(value: str) -> str:
     if value in ("realtime", "burst"):
         return value
@@ -110,29 +134,41 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         parser.add_argument(flag, type=type, default=value, help=help + env_note, **kwargs)
 
     option("--host", "HOST", default=defaults.host, help="address to listen on")
-    option("--port", "PORT", type=int, default=defaults.port, help="port to listen on")
+    option("--port", "PORT", type=_PORT, default=defaults.port, help="port to listen on")
     option("--upstream", "LLM_UPSTREAM", choices=("openai", "offline"), help="upstream mode")
     option("--base-url", "OPENAI_BASE_URL", "LLM_BASE_URL", help="OpenAI-compatible base URL")
     option("--model", "LLM_MODEL", default=defaults.model, help="model used when a request names none")
-    option("--max-body-bytes", "MAX_BODY_BYTES", type=int, default=defaults.max_body_bytes, help="request body limit")
-    option("--connect-timeout", "CONNECT_TIMEOUT", type=float, default=defaults.connect_timeout, help="seconds")
     option(
-        "--first-token-timeout", "FIRST_TOKEN_TIMEOUT", type=float, default=defaults.first_token_timeout, help="seconds"
+        "--max-body-bytes", "MAX_BODY_BYTES", type=_COUNT, default=defaults.max_body_bytes, help="request body limit"
     )
-    option("--read-timeout", "READ_TIMEOUT", type=float, default=defaults.read_timeout, help="seconds between chunks")
-    option("--upstream-retries", "UPSTREAM_RETRIES", type=int, default=defaults.upstream_retries, help="retries")
-    option("--shutdown-grace", "SHUTDOWN_GRACE", type=float, default=defaults.shutdown_grace, help="seconds")
-    option("--request-log-size", "REQUEST_LOG_SIZE", type=int, default=defaults.request_log_size, help="records")
+    option("--connect-timeout", "CONNECT_TIMEOUT", type=_SECONDS, default=defaults.connect_timeout, help="seconds")
     option(
-        "--offline-word-delay", "OFFLINE_WORD_DELAY", type=float, default=defaults.offline_word_delay, help="seconds"
+        "--first-token-timeout",
+        "FIRST_TOKEN_TIMEOUT",
+        type=_SECONDS,
+        default=defaults.first_token_timeout,
+        help="seconds",
+    )
+    option(
+        "--read-timeout", "READ_TIMEOUT", type=_SECONDS, default=defaults.read_timeout, help="seconds between chunks"
+    )
+    option("--upstream-retries", "UPSTREAM_RETRIES", type=_RETRIES, default=defaults.upstream_retries, help="retries")
+    option("--shutdown-grace", "SHUTDOWN_GRACE", type=_DELAY, default=defaults.shutdown_grace, help="seconds")
+    option("--request-log-size", "REQUEST_LOG_SIZE", type=_COUNT, default=defaults.request_log_size, help="records")
+    option(
+        "--offline-word-delay", "OFFLINE_WORD_DELAY", type=_DELAY, default=defaults.offline_word_delay, help="seconds"
     )
     option("--knowledge", "KNOWLEDGE_FILE", default=defaults.knowledge_file, help="knowledge base file")
-    option("--max-documents", "MAX_DOCUMENTS", type=int, default=defaults.max_documents, help="knowledge base size")
+    option("--max-documents", "MAX_DOCUMENTS", type=_COUNT, default=defaults.max_documents, help="knowledge base size")
     option(
-        "--max-document-chars", "MAX_DOCUMENT_CHARS", type=int, default=defaults.max_document_chars, help="per document"
+        "--max-document-chars",
+        "MAX_DOCUMENT_CHARS",
+        type=_COUNT,
+        default=defaults.max_document_chars,
+        help="per document",
     )
-    option("--rag-top-k", "RAG_TOP_K", type=int, default=defaults.rag_top_k, help="passages injected")
-    option("--rag-min-score", "RAG_MIN_SCORE", type=float, default=defaults.rag_min_score, help="minimum BM25 score")
+    option("--rag-top-k", "RAG_TOP_K", type=_COUNT, default=defaults.rag_top_k, help="passages injected")
+    option("--rag-min-score", "RAG_MIN_SCORE", type=_DELAY, default=defaults.rag_min_score, help="minimum BM25 score")
     option(
         "--rag-waiting-message",
         "RAG_WAITING_MESSAGE",
@@ -144,8 +180,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     option("--rag-template", "RAG_TEMPLATE", default=defaults.rag_template, help="system message; {passages}")
     option("--audio-dir", "AUDIO_DIR", default=defaults.audio_dir, help="audio library folder")
     option("--audio-pace", "AUDIO_PACE", type=_pace, default=defaults.audio_pace, help="realtime, burst or ms")
-    option("--audio-max-bytes", "AUDIO_MAX_BYTES", type=int, default=defaults.audio_max_bytes, help="upload limit")
-    option("--audio-max-seconds", "AUDIO_MAX_SECONDS", type=float, default=defaults.audio_max_seconds, help="limit")
+    option("--audio-max-bytes", "AUDIO_MAX_BYTES", type=_COUNT, default=defaults.audio_max_bytes, help="upload limit")
+    option("--audio-max-seconds", "AUDIO_MAX_SECONDS", type=_SECONDS, default=defaults.audio_max_seconds, help="limit")
     option("--admin-token", "ADMIN_TOKEN", help="admin dashboard token (generated when unset)")
     return parser
 

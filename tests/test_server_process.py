@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 
@@ -110,3 +111,27 @@ async def test_an_invalid_knowledge_base_stops_the_start_and_is_left_untouched(t
     assert str(tmp_path / "knowledge.json") in message and "'ok' appears twice" in message
     assert "Traceback" not in message
     assert (tmp_path / "knowledge.json").read_text() == broken
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path, io_loop):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            os.path.join(ROOT, "server.py"),
+            "--port",
+            str(taken.getsockname()[1]),
+            "--knowledge",
+            str(tmp_path / "knowledge.json"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        taken.close()
+    assert process.returncode == 2
+    assert "cannot listen on 127.0.0.1" in stderr.decode() and "Traceback" not in stderr.decode()

@@ -26,13 +26,33 @@ def test_flags_win_over_environment():
     assert load_settings([], {"PORT": "9000"}).port == 9000
 
 
+def test_bad_values_from_the_environment_are_refused_too(capsys):
+    with pytest.raises(SystemExit):
+        load_settings([], {"RAG_TOP_K": "-3"})
+    assert "--rag-top-k" in capsys.readouterr().err
+
+
 def test_api_keys_and_waiting_messages_are_lists():
     settings = load_settings([], {"API_KEYS": "a, b,,c", "RAG_WAITING_MESSAGES": "One moment|Hold on"})
     assert settings.api_keys == ("a", "b", "c")
     assert settings.waiting_messages == ("One moment", "Hold on")
 
 
-@pytest.mark.parametrize("argv", [["--port", "x"], ["--upstream", "claude"], ["--audio-pace", "fast"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "x"],
+        ["--port", "70000"],
+        ["--upstream", "claude"],
+        ["--audio-pace", "fast"],
+        ["--max-body-bytes", "0"],
+        ["--first-token-timeout", "0"],
+        ["--upstream-retries", "-1"],
+        ["--rag-top-k", "0"],
+        ["--rag-min-score", "-2"],
+        ["--audio-max-seconds", "nan-ish"],
+    ],
+)
 def test_bad_values_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_settings(argv, {})
