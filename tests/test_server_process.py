@@ -21,6 +21,93 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 async def start_server(tmp_path, *args: str, **env: str) -> tuple[asyncio.subprocess.Process, str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
     environment.update(env)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        os.path.join(ROOT, "server.py"),
+        "--port",
+        "0",
+        "--knowledge",
+        str(tmp_path / "knowledge.json"),
+        "--audio-dir",
+        str(tmp_path / "audio"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment,
+        cwd=ROOT,
+    )
+    line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+    url = line.split("listening on ")[1].split()[0]
+    return process, url, line
+
+
+async def run_until_exit(*args: str) -> tuple[int, bytes, bytes]:
+    """Runs `server.py` with `args` until it exits by itself (a refused start)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        os.path.join(ROOT, "server.py"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode, stdout, stderr
+
+
+@contextlib.asynccontextmanager
+async def running_server(tmp_path, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, str]]:
+    process, url, line = await start_server(tmp_path, *args)
+    try:
+        yield process, url, line
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def open_stream(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    port = int(url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = json.dumps({"messages": [{"role": "user", "content": "slow please"}], "stream": True}).encode()
+    head = f"POST /chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    writer.write(head.encode() + body)
+    await writer.drain()
+    return reader, writer
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.gen_test(timeout=60)
+async def test_start_line_and_graceful_shutdown_lets_running_streams_finish(tmp_path, io_loop, stop_signal):
+    async with running_server(tmp_path, "--offline-word-delay", "0.04") as (process, url, line):
+        assert "upstream: offline" in line and url.startswith("http://localhost:")
+        reader, writer = await open_stream(url)
+        await reader.readuntil(b'"content":"I "')  # the stream is running
+        process.send_signal(stop_signal)
+        rest = await asyncio.wait_for(reader.read(), 30)
+        assert b"data: [DONE]" in rest, "the running stream was cut by the shutdown"
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_shutdown_grace_bounds_the_wait(tmp_path, io_loop):
+    async with running_server(tmp_path, "--offline-word-delay", "5", "--shutdown-grace", "0.2") as (process, url, _):
+        reader, writer = await open_stream(url)
+        await reader.readuntil(b"\r\n\r\n")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        events = parse_sse((await reader.read()).replace(b"\r\n", b"\n"))
+        assert "[DONE]" not in events
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_invalid_knowledge_base_stops_the_start_and_is_left_untouched(tmp_path, io_loop):
+    broken = '{"documents": [{"id": "ok", "content": "fine"}, {"id": "ok", "content": "twice"}]}'
+    (tmp_path / "knowledge.json").write_text(broken)
     returncode, stdout, stderr = await run_until_exit("--port", "0", "--knowledge", str(tmp_path / "knowledge.json"))
     assert returncode == 2 and b"listening" not in stdout
     message = stderr.decode()
