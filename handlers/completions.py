@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from tornado.iostream import StreamClosedError
@@ -106,7 +106,7 @@ class CompletionEndpoint(LimitedBodyHandler):
         try:
             try:
                 async with asyncio.timeout(self.config.first_token_timeout):
-                    first = await anext(chunks)
+                    first = await self._first_chunk(chunks)
             except TimeoutError:
                 raise ApiError(
                     504,
@@ -123,6 +123,28 @@ class CompletionEndpoint(LimitedBodyHandler):
             await self.events.done()
         finally:
             await chunks.aclose()
+
+    async def _first_chunk(self, chunks: AsyncIterator[bytes]) -> bytes:
+        """The upstream's first chunk. Once the response has begun (/rag's waiting message), SSE comments keep
+        the connection alive while the model thinks: clients such as LiveKit's give up after 10 s of silence."""
+        interval = self.config.keepalive_seconds
+        if not self.events.started or not interval:
+            return await anext(chunks)
+        waiting = asyncio.ensure_future(anext(chunks))
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=interval)
+                if done:
+                    return waiting.result()
+                await self.events.send_comment("keep-alive")
+        finally:
+            if not waiting.done():
+                # The client left or the first-token timeout struck: stop the upstream call too, and let the
+                # generator finish closing before anyone else touches it.
+                waiting.cancel()
+                await asyncio.wait({waiting})
+            elif not waiting.cancelled():
+                waiting.exception()  # retrieved, so a failure met while leaving is not logged as unhandled
 
     async def _send_chunk(self, payload: bytes) -> None:
         try:

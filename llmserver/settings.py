@@ -36,6 +36,7 @@ class Settings:
     read_timeout: float = 60.0
     upstream_retries: int = 2
     shutdown_grace: float = 10.0
+    keepalive_seconds: float = 5.0
     request_log_size: int = 1000
     log_text_chars: int = 200
     offline_word_delay: float = 0.02
@@ -153,6 +154,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--read-timeout", "READ_TIMEOUT", type=_SECONDS, default=defaults.read_timeout, help="seconds between chunks"
     )
     option("--upstream-retries", "UPSTREAM_RETRIES", type=_RETRIES, default=defaults.upstream_retries, help="retries")
+    option(
+        "--keepalive-seconds",
+        "KEEPALIVE_SECONDS",
+        type=_DELAY,
+        default=defaults.keepalive_seconds,
+        help="SSE comment interval while /rag waits for the first token (0: off)",
+    )
     option("--shutdown-grace", "SHUTDOWN_GRACE", type=_DELAY, default=defaults.shutdown_grace, help="seconds")
     option("--request-log-size", "REQUEST_LOG_SIZE", type=_COUNT, default=defaults.request_log_size, help="records")
     option(
@@ -207,6 +215,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
         read_timeout=args.read_timeout,
         upstream_retries=args.upstream_retries,
         shutdown_grace=args.shutdown_grace,
+        keepalive_seconds=args.keepalive_seconds,
         request_log_size=args.request_log_size,
         offline_word_delay=args.offline_word_delay,
         knowledge_file=args.knowledge,

@@ -191,3 +191,41 @@ async def test_leaving_after_the_waiting_message_cancels_the_upstream_call(
     while services.request_log.in_flight:
         await asyncio.sleep(0.005)
     assert services.request_log.recent()[-1]["outcome"] == "cancelled"
+
+
+@pytest.mark.settings(keepalive_seconds=0.2)
+@pytest.mark.gen_test
+async def test_keep_alive_comments_fill_a_long_wait_for_the_first_token(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.first_chunk_delay = 0.9  # a model that thinks before its first token
+    result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
+    waiting_at = result.raw.index(b"waiting_msg")
+    first_token_at = result.raw.index(b"word0")
+    assert result.raw.count(b": keep-alive\n\n", waiting_at, first_token_at) >= 2
+    assert result.chunks[0]["id"] == WAITING_MESSAGE_ID and result.events[-1] == "[DONE]"
+    assert result.text.endswith("word4 ")
+
+
+@pytest.mark.settings(keepalive_seconds=0.05)
+@pytest.mark.gen_test
+async def test_leaving_during_keep_alives_still_cancels_the_upstream(http_server, base_url, fake_upstream, services):
+    fake_upstream.behaviour.hang = True
+    client = RawClient(base_url)
+    await client.send("/rag/chat/completions", {"messages": [QUESTION], "stream": True})
+    await client.read_until(b": keep-alive")
+    left_at = time.perf_counter()
+    client.close()
+    await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
+    assert fake_upstream.last.closed_at - left_at < 0.1
+    while services.request_log.in_flight:
+        await asyncio.sleep(0.005)
+    assert services.request_log.recent()[-1]["outcome"] == "cancelled"
+
+
+@pytest.mark.settings(keepalive_seconds=0.05, first_token_timeout=0.3)
+@pytest.mark.gen_test
+async def test_the_first_token_timeout_holds_through_keep_alives(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.hang = True
+    result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
+    *_, error, done = result.events
+    assert error["error"]["code"] == "first_token_timeout" and done == "[DONE]"
+    await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
