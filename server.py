@@ -20,7 +20,6 @@ import tornado.netutil
 import tornado.web
 
 from handlers import default_handlers
-from handlers.admin_api import ADMIN_JSON_BYTES
 from handlers.base import NotFoundHandler, StaticFiles
 from llmserver.services import Services, StartupError, build_services
 from llmserver.settings import Settings, load_settings
@@ -62,9 +61,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
-def max_upload_bytes(settings: Settings) -> int:
-    """The HTTP server's own body cap; the handlers apply their tighter limits with a proper error."""
-    return max(settings.max_body_bytes, settings.audio_max_bytes, ADMIN_JSON_BYTES) + 2 * 1024 * 1024
+# Bodies of handlers that do not stream theirs (the sign-in form); the others raise it per request after checking
+# who is asking (handlers.base.LimitedBodyHandler).
+DEFAULT_BODY_BYTES = 64 * 1024
 
 
 async def drain(services: Services, grace: float) -> None:
@@ -77,7 +76,7 @@ async def drain(services: Services, grace: float) -> None:
 async def serve(settings: Settings) -> None:
     services = build_services(settings)
     app = make_app(services)
-    server = tornado.httpserver.HTTPServer(app, max_body_size=max_upload_bytes(settings), xheaders=True)
+    server = tornado.httpserver.HTTPServer(app, max_body_size=DEFAULT_BODY_BYTES, xheaders=True)
     try:
         sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     except OSError as exc:

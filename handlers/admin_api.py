@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -127,12 +128,20 @@ class KnowledgeSearchHandler(KnowledgeDocumentHandler):
 class KnowledgeFileHandler(AdminApiHandler):
     """The whole knowledge.json: export (download) and import (replace everything, validated first)."""
 
+    def _import(self, body: bytes) -> None:
+        # In a worker thread: parsing a large file on the event loop would stall every stream.
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+        self.knowledge_base.replace_all(data)
+
     def get(self) -> None:
         self.set_header("Content-Disposition", 'attachment; filename="knowledge.json"')
         self.write_json(self.knowledge_base.export())
 
     async def put(self) -> None:
-        await self.in_worker(self.knowledge_base.replace_all, self.json_object())
+        await self.in_worker(self._import, self.body)
         self.write_json({"version": self.knowledge_base.version, "documents": self.knowledge_base.list()})
 
 
@@ -146,9 +155,12 @@ class AudioCollectionHandler(AdminApiHandler):
     async def post(self) -> None:
         arguments: dict[str, list[bytes]] = {}
         files: dict[str, list[tornado.httputil.HTTPFile]] = {}
-        tornado.httputil.parse_body_arguments(
-            self.request.headers.get("Content-Type", ""), self.body, arguments, files, self.request.headers
-        )
+        try:
+            tornado.httputil.parse_body_arguments(
+                self.request.headers.get("Content-Type", ""), self.body, arguments, files, self.request.headers
+            )
+        except tornado.httputil.HTTPInputError as exc:
+            raise ApiError(400, f"The upload is not a valid multipart form: {exc}.", param="file") from None
 
         def field(name: str, default: str = "") -> str:
             values = arguments.get(name)
@@ -159,7 +171,7 @@ class AudioCollectionHandler(AdminApiHandler):
         upload = files["file"][0]
         stem, suffix = os.path.splitext(os.path.basename(upload.filename or ""))
         # A name typed by the operator is checked as it is; one taken from the file name is made safe first.
-        name = field("name") or _UNSAFE_NAME_CHARS.sub("-", stem).strip("-_") or "clip"
+        name = field("name") or _UNSAFE_NAME_CHARS.sub("-", stem).strip("-_")[:64].rstrip("-_") or "clip"
         activate = field("activate", "false").lower() in ("1", "true", "on", "yes")
         clip = await self.in_worker(
             self.audio_library.add,

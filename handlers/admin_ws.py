@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
+import tornado.web
 import tornado.websocket
 
 from llmserver.errors import ApiError
@@ -23,11 +24,18 @@ RECENT_ON_CONNECT = 200
 QUEUE_LIMIT = 500
 
 
+def _origin_host(origin: str) -> str | None:
+    try:
+        return urlsplit(origin).netloc.lower()
+    except ValueError:
+        return None  # unparseable: not this page's origin
+
+
 class LiveLogSocket(AdminAccess, RequestIdMixin, tornado.websocket.WebSocketHandler):
     def prepare(self) -> None:
         # Checked here, not in check_origin, so that a refusal is a JSON error like the rest of the admin API.
         origin = self.request.headers.get("Origin")
-        if origin is not None and urlsplit(origin).netloc.lower() != self.request.host.lower():
+        if origin is not None and _origin_host(origin) != self.request.host.lower():
             raise ApiError(403, "Cross-origin WebSocket connections are refused.", code="foreign_origin")
         if self.current_user is None:
             raise ApiError(401, "Admin token required (cookie or 'Authorization: Bearer <token>').", code="admin_token")
@@ -40,7 +48,8 @@ class LiveLogSocket(AdminAccess, RequestIdMixin, tornado.websocket.WebSocketHand
         ApiHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
 
     def log_exception(self, typ, value, tb) -> None:
-        ApiHandler.log_exception(self, typ, value, tb)  # type: ignore[arg-type]
+        if not isinstance(value, ApiError):  # a refusal is expected; anything else is logged as usual
+            tornado.web.RequestHandler.log_exception(self, typ, value, tb)
 
     def open(self) -> None:
         self._queue: deque[dict[str, Any]] = deque()

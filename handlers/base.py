@@ -163,8 +163,9 @@ class ApiHandler(BaseHandler):
 class LimitedBodyHandler(ApiHandler):
     """Reads the body as it arrives and keeps it only up to `body_limit()` bytes.
 
-    A body over the limit is answered with 413 without being held in memory: at once when its Content-Length says
-    so, else when it is used. Subclasses check who is asking in prepare() before the body is read.
+    A body whose Content-Length is over the limit is answered with 413 before it is read; one sent without a length
+    is cut off by Tornado at the limit (the connection closes). Subclasses check who is asking in prepare() before
+    the body is read, and only then raise the server's small default limit to theirs.
     """
 
     def body_limit(self) -> int:
@@ -175,6 +176,7 @@ class LimitedBodyHandler(ApiHandler):
         self._size = 0
         length = self.request.headers.get("Content-Length", "")
         self.declared_too_large = length.isdigit() and int(length) > self.body_limit()
+        self.request.connection.set_max_body_size(self.body_limit())
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -194,7 +196,10 @@ class LimitedBodyHandler(ApiHandler):
 
 
 class StaticFiles(RequestIdMixin, tornado.web.StaticFileHandler):
-    """The dashboard's script and styles, with a request id like every other response."""
+    """The dashboard's script and styles, with a request id and JSON errors like every other response."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        ApiHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
 
 
 class NotFoundHandler(ApiHandler):

@@ -40,9 +40,19 @@ class CompletionEndpoint(LimitedBodyHandler):
 
     def on_connection_close(self) -> None:
         # The Agora engine closes the connection on barge-in: stop generating and cancel the upstream call now.
+        super().on_connection_close()  # Tornado's own: ends a body that was still arriving
         self._client_gone = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.declared_too_large:
+            # Refused before the body is read; the request still gets its record.
+            record = self.request_log.begin(self.request_id, self.endpoint)
+            record.fail(413, "request body too large")
+            self.request_log.finish(record)
+            self.check_body_size()
 
     async def post(self) -> None:
         self.record = self.request_log.begin(self.request_id, self.endpoint)

@@ -25,7 +25,7 @@ import soundfile
 import soxr
 
 from .errors import ServiceError
-from .files import stage_file, sync_folder, write_atomically
+from .files import stage_file, sync_folder
 
 SAMPLE_RATE = 16_000
 BYTES_PER_SECOND = SAMPLE_RATE * 2
@@ -130,7 +130,7 @@ class AudioLibrary:
         self._cache: dict[str, tuple[tuple[int, int, int, int], Clip]] = {}
         self._lock = threading.Lock()
         self._simulated = simulated_clip()
-        self._active_cache: tuple[tuple[int, int], str | None] | None = None
+        self._active_cache: tuple[tuple[Any, ...], str | None] | None = None
 
     def _path(self, name: str, suffix: str) -> str:
         return os.path.join(self.folder, name + suffix)
@@ -151,13 +151,20 @@ class AudioLibrary:
         # Every audio request asks: answer from memory while neither the folder nor the record has changed
         # (adding, replacing or deleting a clip renames or unlinks a file, which changes the folder's mtime).
         try:
-            key = (os.stat(self.folder).st_mtime_ns, os.stat(os.path.join(self.folder, ACTIVE_RECORD)).st_mtime_ns)
+            folder = os.stat(self.folder)
         except FileNotFoundError:
-            key = None
-        if key is not None and self._active_cache is not None and self._active_cache[0] == key:
-            return self._active_cache[1]
+            return None
+        try:
+            record = os.stat(os.path.join(self.folder, ACTIVE_RECORD))
+            record_key: tuple[int, int] | None = (record.st_ino, record.st_mtime_ns)
+        except FileNotFoundError:
+            record_key = None
+        key = (folder.st_ino, folder.st_mtime_ns, record_key)
+        cached = self._active_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
         name = self._choose_active()
-        self._active_cache = (key, name) if key is not None else None
+        self._active_cache = (key, name)
         return name
 
     def _choose_active(self) -> str | None:
@@ -261,9 +268,19 @@ class AudioLibrary:
             text.discard()
             raise
         with self._lock:
-            text.commit()
-            audio.commit()
-            self._cache.pop(name, None)
+            try:
+                text.commit()
+            except BaseException:
+                text.discard()
+                audio.discard()
+                raise
+            try:
+                audio.commit()
+            except BaseException:
+                audio.discard()
+                raise
+            finally:
+                self._forget(name)
         sync_folder(self.folder)
         if activate:
             self.activate(name)
@@ -271,11 +288,16 @@ class AudioLibrary:
 
     def activate(self, name: str) -> None:
         self.get(name)  # 404 for an unknown clip
-        with self._lock:
-            self._write_active(name)
-
-    def _write_active(self, name: str) -> None:
-        write_atomically(os.path.join(self.folder, ACTIVE_RECORD), json.dumps({"active": name}).encode() + b"\n")
+        record = stage_file(os.path.join(self.folder, ACTIVE_RECORD), json.dumps({"active": name}).encode() + b"\n")
+        with self._lock:  # held for the rename only: readers on the event loop never wait for a disk sync
+            try:
+                record.commit()
+            except BaseException:
+                record.discard()
+                raise
+            finally:
+                self._active_cache = None
+        sync_folder(self.folder)
 
     def delete(self, name: str) -> None:
         self.get(name)
@@ -283,5 +305,9 @@ class AudioLibrary:
             for suffix in (".pcm", ".txt"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._path(name, suffix))
-            sync_folder(self.folder)
-            self._cache.pop(name, None)
+            self._forget(name)
+        sync_folder(self.folder)
+
+    def _forget(self, name: str) -> None:
+        self._cache.pop(name, None)
+        self._active_cache = None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
+
+logger = logging.getLogger("llmserver.files")
 
 
 @dataclass
@@ -30,7 +34,7 @@ def stage_file(path: str, data: bytes) -> StagedFile:
     staged = StagedFile(temporary, path)
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes 0600; stored data is an ordinary file
+            os.fchmod(handle.fileno(), _mode_for(path))  # mkstemp makes 0600
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -38,6 +42,14 @@ def stage_file(path: str, data: bytes) -> StagedFile:
         staged.discard()
         raise
     return staged
+
+
+def _mode_for(path: str) -> int:
+    """The file's present permissions, so a save never widens them; 0644 for a new file."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o644
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -52,9 +64,12 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def sync_folder(folder: str) -> None:
-    """Makes a rename in `folder` durable."""
-    directory = os.open(folder, os.O_RDONLY)
+    """Makes a rename in `folder` durable. The rename has happened already: a failure here is only logged."""
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        logger.warning("could not sync folder %s: %s", folder, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -17,7 +18,7 @@ Subscriber = Callable[[dict[str, Any]], None]
 
 @dataclass
 class RequestRecord:
-    request_id: str
+    request_id: str  # the client's own X-Request-Id when it sent one, so not unique: see `key`
     endpoint: str
     started_at: float = field(default_factory=time.time)
     model: str | None = None
@@ -34,6 +35,7 @@ class RequestRecord:
     chunks: int = 0
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)  # retrieval hits, audio clip, ...
+    key: str = ""  # unique: this server process and the record's number in it
     _start: float = field(default_factory=time.perf_counter, repr=False)
 
     def elapsed_ms(self) -> float:
@@ -100,6 +102,8 @@ class RequestLog:
         self.text_chars = text_chars
         self.in_flight = 0
         self.totals: Counter[str] = Counter()
+        self._finished = 0
+        self._instance = secrets.token_hex(4)
 
     def begin(self, request_id: str, endpoint: str) -> RequestRecord:
         self.in_flight += 1
@@ -116,6 +120,8 @@ class RequestLog:
     def finish(self, record: RequestRecord) -> None:
         self.in_flight -= 1
         record.total_ms = record.elapsed_ms()
+        self._finished += 1
+        record.key = f"{self._instance}-{self._finished}"
         self.totals[record.outcome] += 1
         data = record.to_dict()
         self._records.append(data)

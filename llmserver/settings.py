@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ def _pace(value: str) -> str:
     if value in ("realtime", "burst"):
         return value
     try:
-        if float(value) >= 0:
+        if math.isfinite(float(value)) and float(value) >= 0:
             return value
     except ValueError:
         pass

@@ -92,7 +92,7 @@ async def _drain_and_close(received: AsyncIterator[bytes], response: httpx2.Resp
         async with asyncio.timeout(_DRAIN_SECONDS):
             async for _ in received:
                 pass
-    except (TimeoutError, httpx2.HTTPError):
+    except Exception:  # the client has its answer; whatever the rest of the body does, only close it
         pass
     finally:
         await response.aclose()
@@ -188,6 +188,6 @@ class OpenAIUpstream:
         return response.content
 
     async def aclose(self) -> None:
-        if self._draining:
+        while self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)
         await self._client.close()

@@ -21,7 +21,12 @@ async function api(method, path, body) {
     throw new Error("Signed out: the admin token is needed again.");
   }
   const text = await response.text();
-  const data = text ? JSON.parse(text) : null;
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    // Not this server's JSON (a proxy's error page, say): the status says what happened.
+  }
   if (!response.ok) {
     const error = new Error((data && data.error && data.error.message) || `HTTP ${response.status}`);
     error.status = response.status;
@@ -109,7 +114,8 @@ setInterval(refreshStatus, 2000);
 const MAX_ROWS = 500;
 const CHART_POINTS = 120;
 const records = []; // newest last
-const seen = new Set(); // request ids already shown or held: the server resends the latest on every connection
+const seen = new Set(); // record keys already shown or held: the server resends the latest on every connection
+const MAX_HELD = 2000; // while paused; past that, records are counted as missed
 let paused = false;
 let heldWhilePaused = [];
 const rows = document.getElementById("log-rows");
@@ -143,14 +149,14 @@ function rowFor(record) {
   for (const value of cells) row.appendChild(element("td", value));
   row.children[4].className = record.outcome;
   row.title = record.error || "";
-  if (record.request_id === selectedId) row.classList.add("selected");
+  if (record.key === selectedId) row.classList.add("selected");
   row.addEventListener("click", () => openRecord(record, row));
   return row;
 }
 
 let selectedId = null;
 function openRecord(record, row) {
-  selectedId = record.request_id;
+  selectedId = record.key;
   for (const other of rows.querySelectorAll("tr.selected")) other.classList.remove("selected");
   row.classList.add("selected");
   const started = new Date(record.started_at * 1000).toISOString();
@@ -165,7 +171,7 @@ document.getElementById("log-detail-close").addEventListener("click", () => {
 
 function addRecord(record) {
   records.push(record);
-  if (records.length > MAX_ROWS) seen.delete(records.shift().request_id);
+  if (records.length > MAX_ROWS) seen.delete(records.shift().key);
   if (visible(record)) {
     emptyRow.remove();
     rows.insertBefore(rowFor(record), rows.firstChild);
@@ -256,9 +262,15 @@ function connect() {
       show(missedNotice, `${missedTotal} record(s) missed: the page fell behind.`);
       return;
     }
-    if (message.type !== "record" || seen.has(message.record.request_id)) return;
-    seen.add(message.record.request_id);
+    if (message.type !== "record" || seen.has(message.record.key)) return;
+    seen.add(message.record.key);
     if (paused) {
+      if (heldWhilePaused.length >= MAX_HELD) {
+        seen.delete(message.record.key);
+        missedTotal += 1;
+        show(missedNotice, `${missedTotal} record(s) missed while paused.`);
+        return;
+      }
       heldWhilePaused.push(message.record);
       document.getElementById("pause").textContent = `Resume (${heldWhilePaused.length} new)`;
       return;
@@ -373,7 +385,9 @@ kbForm.addEventListener("submit", async (event) => {
       // Someone saved this document after it was opened here: show theirs, keep ours to copy from.
       const id = editing.id;
       show(kbFormError, `Conflict: ${error.message}`);
-      const reload = button("Load their version", () => editLatest(id));
+      const reload = button("Load their version", () => {
+        if (window.confirm("Replace your text in the form with the version saved by the other editor?")) editLatest(id);
+      });
       reload.id = "kb-reload";
       kbFormError.appendChild(document.createTextNode(" "));
       kbFormError.appendChild(reload);

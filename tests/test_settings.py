@@ -45,6 +45,7 @@ def test_api_keys_and_waiting_messages_are_lists():
         ["--port", "70000"],
         ["--upstream", "claude"],
         ["--audio-pace", "fast"],
+        ["--audio-pace", "inf"],
         ["--max-body-bytes", "0"],
         ["--first-token-timeout", "0"],
         ["--upstream-retries", "-1"],

@@ -206,6 +206,7 @@ def test_a_conflicting_edit_is_reported_not_saved(browser: Browser, page: Page, 
     other.fill("#kb-form [name=content]", "Second operator's text.")
     other.click("#kb-form button[type=submit]")
     expect(other.locator("#kb-form-error")).to_contain_text("Conflict")
+    other.once("dialog", lambda dialog: dialog.accept())
     other.click("#kb-reload")  # the page offers the stored version instead of overwriting it
     expect(other.locator("#kb-form [name=content]")).to_have_value("First operator's text.")
     # The first operator's text is what is stored and what the RAG endpoint now answers with.

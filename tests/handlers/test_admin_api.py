@@ -228,6 +228,26 @@ async def test_audio_upload_activate_preview_delete(http_server, base_url, servi
 
 
 @pytest.mark.gen_test
+async def test_a_malformed_multipart_body_is_a_400(http_server, base_url, services, settings):
+    before = stored(settings)
+    response = await bearer(base_url, services.admin_token).fetch(
+        "POST", "/admin/api/audio", raw=b"--x\r\nnot a form", headers={"Content-Type": "multipart/form-data"}
+    )
+    assert response.code == 400 and json.loads(response.body)["error"]["param"] == "file"
+    assert stored(settings) == before
+
+
+@pytest.mark.gen_test
+async def test_a_long_file_name_becomes_a_valid_clip_name(http_server, base_url, services):
+    admin = bearer(base_url, services.admin_token)
+    body, content_type = multipart({"transcript": "Long."}, "My clip " + "x" * 100 + ".pcm", b"\x01\x00" * 1600)
+    created = await admin.fetch("POST", "/admin/api/audio", raw=body, headers={"Content-Type": content_type})
+    assert created.code == 201
+    name = json.loads(created.body)["name"]
+    assert name.startswith("My-clip-x") and len(name) == 64
+
+
+@pytest.mark.gen_test
 async def test_a_pcm_upload_named_by_its_file(http_server, base_url, services):
     admin = bearer(base_url, services.admin_token)
     body, content_type = multipart({"transcript": "Raw."}, "raw-clip.pcm", b"\x01\x00" * 16000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from urllib.parse import urlencode
 
@@ -74,3 +75,5 @@ async def test_static_files_are_served_locally(http_server, base_url):
         response = await get(base_url, f"/static/{name}")
         assert response.code == 200 and len(response.body) > 1000
         assert response.headers["X-Request-Id"].startswith("req_")
+    missing = await get(base_url, "/static/nothing.js")
+    assert missing.code == 404 and json.loads(missing.body)["error"]["type"] == "not_found_error"

@@ -46,6 +46,9 @@ async def test_a_foreign_origin_is_refused_even_with_the_cookie(http_server, bas
         await connect(base_url, {**client.headers, "Origin": "https://evil.example"})
     assert refused.value.code == 403
     assert json.loads(refused.value.response.body)["error"]["code"] == "foreign_origin"
+    with pytest.raises(HTTPClientError) as unparseable:
+        await connect(base_url, {**client.headers, "Origin": "http://["})
+    assert unparseable.value.code == 403
     connection = await connect(base_url, {**client.headers, "Origin": base_url})  # the page's own origin
     connection.close()
 

@@ -415,3 +415,35 @@ async def test_api_keys_are_required_and_never_forwarded(http_server, base_url, 
 async def test_api_keys_without_a_server_key_leave_nothing_to_forward(http_server, base_url, fake_upstream):
     response = await post(base_url, "/chat/completions", {"messages": [USER]}, {"Authorization": "Bearer client-key-1"})
     assert response.code == 401 and json_of(response)["error"]["code"] == "missing_api_key"
+
+
+@pytest.mark.gen_test
+async def test_clients_that_leave_while_sending_their_body_leave_nothing_behind(http_server, base_url, fake_upstream):
+    baseline = len(asyncio.all_tasks())
+    for _ in range(5):
+        _, writer = await asyncio.open_connection("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
+        head = "POST /chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+        writer.write(head.encode() + b'{"messages": [')
+        await writer.drain()
+        await asyncio.sleep(0.02)  # the server is now waiting for the rest of the body
+        writer.close()
+        await writer.wait_closed()
+    for _ in range(500):  # every handler task ends once its client has gone
+        if len(asyncio.all_tasks()) <= baseline:
+            break
+        await asyncio.sleep(0.01)
+    assert len(asyncio.all_tasks()) <= baseline
+    assert fake_upstream.requests == []
+
+
+@pytest.mark.settings(max_body_bytes=2048)
+@pytest.mark.gen_test
+async def test_a_declared_oversize_body_is_refused_before_it_is_read(http_server, base_url, services):
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
+    writer.write(b"POST /chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n{")
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(65536), 5)  # answered without the 50 MB being sent
+    assert response.startswith(b"HTTP/1.1 413") and b"request_too_large" in response
+    writer.close()
+    record = services.request_log.recent()[-1]
+    assert record["status"] == 413 and record["outcome"] == "error"

@@ -221,6 +221,13 @@ def test_import_is_validated_whole_before_anything_changes(kb):
     assert [d["id"] for d in kb.list()] == ["new"] and kb.search("fine", k=1)[0].id == "new"
 
 
+def test_saves_keep_the_files_permissions(kb):
+    kb.add({"id": "one", "content": "first"})
+    os.chmod(kb.path, 0o600)
+    kb.add({"id": "two", "content": "second"})
+    assert os.stat(kb.path).st_mode & 0o777 == 0o600
+
+
 def test_a_bad_tag_is_named_with_the_limit(kb):
     with pytest.raises(KnowledgeError) as refused:
         kb.add({"id": "t", "content": "x", "tags": ["fine", "y" * 65]})

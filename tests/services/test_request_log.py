@@ -23,6 +23,14 @@ def test_the_ring_buffer_keeps_the_newest_records():
     assert [r["request_id"] for r in log.recent(2)] == ["r3", "r4"]
 
 
+def test_every_record_has_a_unique_key_even_when_request_ids_repeat():
+    log = RequestLog()
+    for _ in range(3):
+        finish(log, "same-id-from-the-client")
+    assert len({r["key"] for r in log.recent()}) == 3
+    assert RequestLog().begin("x", "chat").key == ""  # set when it finishes
+
+
 def test_counters_follow_begin_and_finish():
     log = RequestLog()
     record = log.begin("r1", "rag")
