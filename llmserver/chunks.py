@@ -42,6 +42,28 @@ class ChunkFactory:
         return {**self._envelope("chat.completion"), "choices": [choice], "usage": usage}
 
 
+def completion_as_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """A `chat.completion` as the chunks a streaming upstream would have sent (for upstreams that ignore
+    `stream: true` and answer with JSON)."""
+    factory = ChunkFactory(str(completion.get("model", "")), str(completion.get("id") or new_completion_id()))
+    if isinstance(completion.get("created"), int):
+        factory.created = completion["created"]
+    chunks = []
+    for choice in completion.get("choices") or []:
+        message = dict(choice.get("message") or {})
+        delta = {"role": message.pop("role", "assistant"), **message}
+        if isinstance(delta.get("tool_calls"), list):
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
+        first = factory.chunk(delta)
+        first["choices"][0]["index"] = choice.get("index", 0)
+        last = factory.chunk({}, finish_reason=choice.get("finish_reason") or "stop")
+        last["choices"][0]["index"] = choice.get("index", 0)
+        chunks += [first, last]
+    if include_usage and isinstance(completion.get("usage"), dict):
+        chunks.append(factory.usage_chunk(completion["usage"]))
+    return chunks
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,

@@ -7,6 +7,7 @@ objects and serialising it again would cost several times more and change nothin
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -14,9 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 import openai
 
+from .chunks import completion_as_chunks
 from .errors import ApiError
 from .settings import Settings
-from .sse import SSELineReader
+from .sse import SSELineReader, dumps
 
 # Statuses whose meaning the client can act on are passed on; other upstream 4xx too; 5xx become 502.
 _KEPT_STATUSES = {400, 401, 403, 404, 409, 413, 422, 429}
@@ -98,6 +100,22 @@ async def _drain_and_close(received: AsyncIterator[bytes], response: httpx2.Resp
         await response.aclose()
 
 
+async def _json_as_stream(response: httpx2.Response, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    try:
+        completion = json.loads(await response.aread())
+    except (ValueError, httpx2.HTTPError):
+        raise ApiError(
+            502, "The upstream answered a streaming request with invalid JSON.", code="upstream_bad_chunk"
+        ) from None
+    finally:
+        await response.aclose()
+    if not isinstance(completion, dict):
+        raise ApiError(502, "The upstream answered a streaming request with invalid JSON.", code="upstream_bad_chunk")
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    for chunk in completion_as_chunks(completion, include_usage):
+        yield dumps(chunk)
+
+
 def redact_url(url: str) -> str:
     """The URL without user and password, for logs and the dashboard."""
     parts = urlsplit(url)
@@ -149,6 +167,11 @@ class OpenAIUpstream:
             )
         except openai.APIError as exc:
             raise upstream_error(exc) from None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            # An upstream that ignored `stream: true` (some proxies and local servers do): its completion, chunked.
+            async for payload in _json_as_stream(response, body):
+                yield payload
+            return
         reader = SSELineReader()
         received = response.aiter_bytes()
         finished = False

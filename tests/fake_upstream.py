@@ -35,6 +35,7 @@ class Behaviour:
     error_event_at: int | None = None  # send an error event as this chunk
     tool_call: bool = False  # stream a tool call instead of text
     linger_after_done: float = 0.0  # keep the response open this long after [DONE]
+    ignore_stream: bool = False  # answer streaming requests with one JSON completion, as some servers do
 
 
 @dataclass
@@ -110,7 +111,7 @@ class ChatHandler(_FakeHandler):
         model = body.get("model", "fake-model")
         completion_id = f"chatcmpl-fake{len(fake.requests)}"
         created = int(time.time())
-        if not body.get("stream"):
+        if not body.get("stream") or behaviour.ignore_stream:
             text = "".join(_words(behaviour.words))
             message = {"role": "assistant", "content": text, "refusal": None}
             usage = {"prompt_tokens": 3, "completion_tokens": behaviour.words, "total_tokens": 3 + behaviour.words}

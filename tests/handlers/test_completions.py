@@ -447,3 +447,16 @@ async def test_a_declared_oversize_body_is_refused_before_it_is_read(http_server
     writer.close()
     record = services.request_log.recent()[-1]
     assert record["status"] == 413 and record["outcome"] == "error"
+
+
+@pytest.mark.gen_test
+async def test_an_upstream_that_ignores_stream_true_is_still_streamed(http_server, base_url, fake_upstream):
+    fake_upstream.behaviour.ignore_stream = True
+    body = {"model": "m", "messages": [USER], "stream_options": {"include_usage": True}}
+    result = await stream(base_url, "/chat/completions", body)
+    assert result.response.headers["Content-Type"].startswith("text/event-stream")
+    first, finish, usage_chunk = result.chunks
+    assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"]["role"] == "assistant"
+    assert result.text == "word0 word1 word2 word3 word4 "
+    assert finish["choices"][0]["finish_reason"] == "stop" and usage_chunk["usage"]["total_tokens"] == 8
+    assert result.events[-1] == "[DONE]" and {c["id"] for c in result.chunks} == {"chatcmpl-fake1"}
