@@ -42,7 +42,7 @@ class AdminApiHandler(AdminAccess, LimitedBodyHandler):
         if self.has_admin_cookie() and not self.has_bearer_token():
             if not self.request.headers.get("X-XSRFToken"):
                 raise tornado.web.HTTPError(403, "the X-XSRFToken header is required with the admin cookie")
-            AdminAccess.check_xsrf_cookie(self)
+            tornado.web.RequestHandler.check_xsrf_cookie(self)
 
     @property
     def knowledge_base(self) -> KnowledgeBase:

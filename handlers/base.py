@@ -173,25 +173,21 @@ class LimitedBodyHandler(ApiHandler):
 
     def prepare(self) -> None:
         self._chunks: list[bytes] = []
-        self._size = 0
+        self._limit = self.body_limit()
+        self.request.connection.set_max_body_size(self._limit)  # Tornado cuts off anything longer
         length = self.request.headers.get("Content-Length", "")
-        self.declared_too_large = length.isdigit() and int(length) > self.body_limit()
-        self.request.connection.set_max_body_size(self.body_limit())
+        self.declared_too_large = length.isdigit() and int(length) > self._limit
 
     def data_received(self, chunk: bytes) -> None:
-        self._size += len(chunk)
-        if self._size > self.body_limit() or self.declared_too_large:
-            self._chunks.clear()
-        else:
-            self._chunks.append(chunk)
+        self._chunks.append(chunk)
 
     def check_body_size(self) -> None:
-        if self.declared_too_large or self._size > self.body_limit():
-            raise ApiError(413, f"The request body exceeds {self.body_limit()} bytes.", code="request_too_large")
+        """Raises 413 for a declared length over the limit; subclasses call it in prepare(), before the body."""
+        if self.declared_too_large:
+            raise ApiError(413, f"The request body exceeds {self._limit} bytes.", code="request_too_large")
 
     @property
     def body(self) -> bytes:
-        self.check_body_size()
         return b"".join(self._chunks)
 
 
@@ -250,8 +246,7 @@ class EventStream:
             await self.send_encoded(encode_spliced_events(head, parts, tail), len(parts))
 
     async def send_encoded(self, events: bytes, count: int) -> None:
-        for _ in range(count):
-            self._record.mark_chunk()
+        self._record.mark_chunk(count)
         await self._write(events)
 
     async def send_json(self, chunk: Any) -> None:

@@ -61,7 +61,6 @@ class CompletionEndpoint(LimitedBodyHandler):
             if self.services.shutting_down:
                 self.set_header("Connection", "close")
                 raise ApiError(503, "The server is shutting down; retry on another instance.", code="shutting_down")
-            self.check_body_size()
             api_key = self.upstream_key(required=self.needs_upstream_key)
             chat = parse_chat_request(self.body, self.config.model)
             self._describe(chat)

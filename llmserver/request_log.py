@@ -41,10 +41,10 @@ class RequestRecord:
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self._start) * 1000, 3)
 
-    def mark_chunk(self) -> None:
+    def mark_chunk(self, count: int = 1) -> None:
         if self.first_chunk_ms is None:
             self.first_chunk_ms = self.elapsed_ms()
-        self.chunks += 1
+        self.chunks += count
 
     def fail(self, status: int, message: str) -> None:
         self.status = status
@@ -111,6 +111,8 @@ class RequestLog:
 
     def bounded(self, value: dict[str, Any], limit: int = 4096) -> dict[str, Any]:
         """`value` as it is if its JSON is small, else a truncated JSON text: records stay small in memory."""
+        if not value:
+            return value  # most requests: nothing to measure
         text = json.dumps(value, ensure_ascii=False, default=str)
         return value if len(text) <= limit else {"truncated": text[:limit] + "…"}
 
@@ -125,7 +127,8 @@ class RequestLog:
         self.totals[record.outcome] += 1
         data = record.to_dict()
         self._records.append(data)
-        logger.info("%s", describe(data))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s", describe(data))
         for subscriber in list(self._subscribers):
             try:
                 subscriber(data)

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import tornado.ioloop
@@ -20,6 +21,12 @@ SERVER_KEY = "sk-server-key-for-tests"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_KNOWLEDGE = os.path.join(ROOT, "knowledge.json")
 SHIPPED_AUDIO = os.path.join(ROOT, "audio")
+
+
+def files_in(folder: str | Path) -> dict[str, bytes]:
+    """Every file of `folder` with its bytes (empty for a missing folder): to prove a refusal changed nothing."""
+    folder = Path(folder)
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())} if folder.is_dir() else {}
 
 
 def pytest_configure(config: pytest.Config) -> None:

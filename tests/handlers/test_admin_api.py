@@ -9,6 +9,7 @@ import pytest
 
 from tests.audio_files import encode, tone
 from tests.client import stream
+from tests.conftest import files_in
 from tests.handlers.admin_client import AdminClient, bearer, sign_in_with_cookie
 
 ROUTES = [
@@ -31,10 +32,7 @@ CHANGES = [(m, p) for m, p in ROUTES if m != "GET"]
 
 
 def stored(settings) -> dict[str, bytes]:
-    files = {"knowledge.json": Path(settings.knowledge_file).read_bytes()}
-    for path in sorted(Path(settings.audio_dir).iterdir()):
-        files[path.name] = path.read_bytes()
-    return files
+    return {"knowledge.json": Path(settings.knowledge_file).read_bytes(), **files_in(settings.audio_dir)}
 
 
 @pytest.mark.parametrize("method,path", ROUTES)

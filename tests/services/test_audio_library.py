@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from llmserver.audio import BYTES_PER_SECOND, SIMULATED_TRANSCRIPT, AudioError, AudioLibrary, simulated_clip
 from tests.audio_files import dominant_frequency, encode, tone
-from tests.conftest import SHIPPED_AUDIO
+from tests.conftest import SHIPPED_AUDIO, files_in
 
 
 @pytest.fixture
@@ -63,13 +62,6 @@ def test_raw_pcm_is_taken_as_16k_mono(library):
     assert clip.pcm == pcm and clip.duration == 1.0
 
 
-def _files(library: AudioLibrary) -> dict[str, bytes]:
-    if not os.path.isdir(library.folder):
-        return {}
-    folder = Path(library.folder)
-    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
-
-
 REFUSALS = [
     ("bad", b"this is not audio at all", "text", {}, "file", "could not be decoded"),
     ("bad", b"", "text", {}, "file", "empty"),
@@ -91,11 +83,11 @@ REFUSALS = [
 @pytest.mark.parametrize("name,data,transcript,options,field,message", REFUSALS)
 def test_refusals_write_nothing(library, name, data, transcript, options, field, message):
     library.add("existing", encode(tone(0.5, 16000), 16000), "Existing.")
-    before = _files(library)
+    before = files_in(library.folder)
     with pytest.raises(AudioError) as refused:
         library.add(name, data, transcript, **options)
     assert refused.value.field == field and message in str(refused.value)
-    assert _files(library) == before
+    assert files_in(library.folder) == before
     assert not os.path.exists(os.path.join(os.path.dirname(library.folder), "escape.pcm"))
 
 
