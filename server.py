@@ -13,28 +13,47 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jinja2
 import tornado.httpserver
+import tornado.httputil
 import tornado.netutil
 import tornado.web
 
 from handlers import default_handlers
+from handlers.auth import apply_forwarded_headers
 from handlers.base import NotFoundHandler, StaticFiles
+from llmserver.audio.library import NAME_PATTERN
 from llmserver.services import Services, StartupError, build_services
 from llmserver.settings import Settings, load_settings
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 logger = logging.getLogger("llmserver")
 access_log = logging.getLogger("tornado.access")
+# Tornado itself never refuses a body for its size (it could only answer a bare 400): each handler has its own
+# limit and answers 413 in its own error shape (handlers.base.BodyLimit).
+TORNADO_BODY_LIMIT = 1 << 50
+
+
+class ServerApplication(tornado.web.Application):
+    def __init__(self, services: Services, **settings: Any) -> None:
+        super().__init__(default_handlers, services=services, **settings)
+        self.trusted_proxies = services.settings.trusted_proxies
+
+    def find_handler(self, request: tornado.httputil.HTTPServerRequest, **kwargs: Any) -> tornado.web._HandlerDelegate:
+        # The first thing that sees each request: settle who the client is before any handler looks.
+        apply_forwarded_headers(request, self.trusted_proxies)
+        return super().find_handler(request, **kwargs)
 
 
 def make_app(services: Services) -> tornado.web.Application:
-    return tornado.web.Application(
-        default_handlers,
-        services=services,
+    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(ROOT, "templates")), autoescape=True)
+    templates.globals["clip_name_pattern"] = NAME_PATTERN
+    return ServerApplication(
+        services,
         default_handler_class=NotFoundHandler,
-        jinja2_env=jinja2.Environment(loader=jinja2.FileSystemLoader(os.path.join(ROOT, "templates")), autoescape=True),
+        jinja2_env=templates,
         static_path=os.path.join(ROOT, "static"),
         static_handler_class=StaticFiles,
         cookie_secret=services.cookie_secret,
@@ -61,11 +80,6 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
-# Bodies of handlers that do not stream theirs (the sign-in form); the others raise it per request after checking
-# who is asking (handlers.base.LimitedBodyHandler).
-DEFAULT_BODY_BYTES = 64 * 1024
-
-
 async def drain(services: Services, grace: float) -> None:
     """Waits for running requests to finish, at most `grace` seconds."""
     deadline = time.monotonic() + grace
@@ -76,7 +90,7 @@ async def drain(services: Services, grace: float) -> None:
 async def serve(settings: Settings) -> None:
     services = build_services(settings)
     app = make_app(services)
-    server = tornado.httpserver.HTTPServer(app, max_body_size=DEFAULT_BODY_BYTES, xheaders=True)
+    server = tornado.httpserver.HTTPServer(app, max_body_size=TORNADO_BODY_LIMIT)
     try:
         sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     except OSError as exc:

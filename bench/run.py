@@ -20,7 +20,7 @@ import time
 from bench.knowledge_gen import generate_documents, generate_queries
 from bench.load import LoadResult, chunk_arrivals, percentile, probe_under_load, run_load
 from bench.processes import fake_upstream, llm_server
-from llmserver.knowledge import KnowledgeBase
+from llmserver.knowledge.store import KnowledgeBase
 
 CHAT_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Tell me a story."}], "stream": True}
 RAG_BODY = {

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from .admin_access import AdminAccess
-from .base import BaseHandler
+import tornado.httputil
 
-# The page runs only its own script and styles, and talks only to this server.
+from .auth import AdminAccess, check_cross_site
+from .base import PageHandler
+
+# The page runs only its own scripts and styles, and talks only to this server.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 
 
-class AdminPageHandler(AdminAccess, BaseHandler):
+class AdminPageHandler(AdminAccess, PageHandler):
     def set_default_headers(self) -> None:
         super().set_default_headers()
         self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Referrer-Policy", "same-origin")  # "no-referrer" would make the page's own Origin "null"
         self.set_header("Cache-Control", "no-store")
+
+    def acts_with_admin_cookie(self) -> bool:
+        return False  # the sign-in form authenticates with the token it carries, never with a cookie
 
     def get(self) -> None:
         token = self.get_query_argument("token", None)
@@ -30,13 +35,21 @@ class AdminPageHandler(AdminAccess, BaseHandler):
         self.render_template("admin.html")
 
     def post(self) -> None:
-        self._log_in(self.get_body_argument("token", "").strip())
+        check_cross_site(self.request, self.config)
+        fields: dict[str, list[bytes]] = {}
+        tornado.httputil.parse_body_arguments(
+            self.request.headers.get("Content-Type", ""), self.body, fields, {}, self.request.headers
+        )
+        token = fields.get("token", [b""])[0].decode("utf-8", "replace").strip()
+        self._log_in(token)
 
     def _log_in(self, token: str) -> None:
+        self.check_token_throttle()
         if self.token_matches(token):
             self.remember_admin()
             self.redirect("/admin", status=303)
         else:
+            self.token_failed()
             self._token_form(error="That token is not valid.", status=401)
 
     def _token_form(self, error: str | None = None, status: int = 200) -> None:

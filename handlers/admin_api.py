@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import tornado.httputil
 import tornado.ioloop
-import tornado.web
 
-from llmserver.audio import AudioLibrary
-from llmserver.errors import ApiError, ServiceError
-from llmserver.knowledge import KnowledgeBase
+from llmserver.protocol.errors import ApiError
+from llmserver.protocol.json_body import parse_json
 
-from .admin_access import AdminAccess
-from .base import LimitedBodyHandler
+from .auth import AdminAccess
+from .base import ApiHandler
 
 T = TypeVar("T")
 MAX_SEARCH_K = 50
@@ -26,65 +22,39 @@ ADMIN_JSON_BYTES = 64 * 1024 * 1024  # a whole knowledge.json can be imported
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-class AdminApiHandler(AdminAccess, LimitedBodyHandler):
+class AdminApiHandler(AdminAccess, ApiHandler):
     def body_limit(self) -> int:
         return max(ADMIN_JSON_BYTES, self.config.max_body_bytes)
 
     def prepare(self) -> None:
         # Before the body is read: a caller without the token is turned away without sending it.
+        self.check_token_throttle()
         if self.current_user is None:
             raise ApiError(401, "Admin token required (cookie or 'Authorization: Bearer <token>').", code="admin_token")
         super().prepare()
-        self.check_body_size()
-
-    def check_xsrf_cookie(self) -> None:
-        # Without any credentials, say 401 (in prepare) rather than complain of a missing XSRF token.
-        if self.has_admin_cookie() and not self.has_bearer_token():
-            if not self.request.headers.get("X-XSRFToken"):
-                raise tornado.web.HTTPError(403, "the X-XSRFToken header is required with the admin cookie")
-            tornado.web.RequestHandler.check_xsrf_cookie(self)
-
-    @property
-    def knowledge_base(self) -> KnowledgeBase:
-        return self.services.knowledge_base
-
-    @property
-    def audio_library(self) -> AudioLibrary:
-        return self.services.audio_library
 
     async def in_worker(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Runs a change in a worker thread (re-indexing, decoding audio) so that streams keep flowing, and turns
-        the service's refusals into API errors."""
+        """Runs a change in a worker thread (re-indexing, decoding audio) so that streams keep flowing."""
         loop = tornado.ioloop.IOLoop.current()
         try:
             return await loop.run_in_executor(None, lambda: function(*args, **kwargs))
-        except ServiceError as exc:
-            raise ApiError(exc.status, str(exc), param=exc.field) from None
         except OSError as exc:
             raise ApiError(500, f"Could not save the change: {exc.strerror}.", type="server_error") from None
-
-    def json_object(self) -> dict[str, Any]:
-        body = self.json_body()
-        if not isinstance(body, dict):
-            raise ApiError(400, "The request body must be a JSON object.", code="invalid_body")
-        return body
 
 
 class KnowledgeCollectionHandler(AdminApiHandler):
     def get(self) -> None:
-        self.write_json({"version": self.knowledge_base.version, "documents": self.knowledge_base.list()})
+        knowledge = self.services.knowledge_base
+        self.write_json({"version": knowledge.version, "documents": knowledge.list()})
 
     async def post(self) -> None:
         document = _document_fields(self.json_object())
-        self.write_json(await self.in_worker(self.knowledge_base.add, document), status=201)
+        self.write_json(await self.in_worker(self.services.knowledge_base.add, document), status=201)
 
 
 class KnowledgeDocumentHandler(AdminApiHandler):
     def get(self, doc_id: str) -> None:
-        try:
-            self.write_json(self.knowledge_base.get(doc_id))
-        except ServiceError as exc:
-            raise ApiError(exc.status, str(exc), param=exc.field) from None
+        self.write_json(self.services.knowledge_base.get(doc_id))
 
     async def put(self, doc_id: str) -> None:
         body = self.json_object()
@@ -97,10 +67,10 @@ class KnowledgeDocumentHandler(AdminApiHandler):
                 param="version",
             )
         document = _document_fields(body)
-        self.write_json(await self.in_worker(self.knowledge_base.update, doc_id, document, read_version))
+        self.write_json(await self.in_worker(self.services.knowledge_base.update, doc_id, document, read_version))
 
     async def delete(self, doc_id: str) -> None:
-        await self.in_worker(self.knowledge_base.delete, doc_id)
+        await self.in_worker(self.services.knowledge_base.delete, doc_id)
         self.set_status(204)
         self.finish()
 
@@ -110,10 +80,10 @@ def _document_fields(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in ("version", "changed_at_version")}
 
 
-class KnowledgeSearchHandler(KnowledgeDocumentHandler):
-    """GET /admin/api/knowledge/search; a document whose id is "search" is still changed with PUT and DELETE."""
+class RetrievalTestHandler(AdminApiHandler):
+    """GET /admin/api/retrieval?q=...&k=...: what the RAG endpoint would inject for a question."""
 
-    def get(self, _: str = "search") -> None:
+    def get(self) -> None:
         query = self.get_query_argument("q", "")
         try:
             k = int(self.get_query_argument("k", str(self.config.rag_top_k)))
@@ -121,7 +91,7 @@ class KnowledgeSearchHandler(KnowledgeDocumentHandler):
             raise ApiError(400, "'k' must be a whole number.", param="k") from None
         if not 1 <= k <= MAX_SEARCH_K:
             raise ApiError(400, f"'k' must be between 1 and {MAX_SEARCH_K}.", param="k")
-        hits = self.knowledge_base.search(query, k, self.config.rag_min_score)
+        hits = self.services.knowledge_base.search(query, k, self.config.rag_min_score)
         self.write_json({"query": query, "min_score": self.config.rag_min_score, "hits": [h.to_dict() for h in hits]})
 
 
@@ -130,24 +100,21 @@ class KnowledgeFileHandler(AdminApiHandler):
 
     def _import(self, body: bytes) -> None:
         # In a worker thread: parsing a large file on the event loop would stall every stream.
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-        self.knowledge_base.replace_all(data)
+        self.services.knowledge_base.replace_all(parse_json(body))
 
     def get(self) -> None:
         self.set_header("Content-Disposition", 'attachment; filename="knowledge.json"')
-        self.write_json(self.knowledge_base.export())
+        self.write_json(self.services.knowledge_base.export())
 
     async def put(self) -> None:
         await self.in_worker(self._import, self.body)
-        self.write_json({"version": self.knowledge_base.version, "documents": self.knowledge_base.list()})
+        knowledge = self.services.knowledge_base
+        self.write_json({"version": knowledge.version, "documents": knowledge.list()})
 
 
 class AudioCollectionHandler(AdminApiHandler):
     def get(self) -> None:
-        self.write_json({"clips": self.audio_library.list()})
+        self.write_json({"clips": self.services.audio_library.list()})
 
     def body_limit(self) -> int:
         return self.config.audio_max_bytes + 1024 * 1024  # the file and the form around it
@@ -159,8 +126,8 @@ class AudioCollectionHandler(AdminApiHandler):
             tornado.httputil.parse_body_arguments(
                 self.request.headers.get("Content-Type", ""), self.body, arguments, files, self.request.headers
             )
-        except tornado.httputil.HTTPInputError as exc:
-            raise ApiError(400, f"The upload is not a valid multipart form: {exc}.", param="file") from None
+        except tornado.httputil.HTTPInputError:
+            raise ApiError(400, "The upload is not a valid multipart form.", param="file") from None
 
         def field(name: str, default: str = "") -> str:
             values = arguments.get(name)
@@ -173,42 +140,30 @@ class AudioCollectionHandler(AdminApiHandler):
         # A name typed by the operator is checked as it is; one taken from the file name is made safe first.
         name = field("name") or _UNSAFE_NAME_CHARS.sub("-", stem).strip("-_")[:64].rstrip("-_") or "clip"
         activate = field("activate", "false").lower() in ("1", "true", "on", "yes")
+        library = self.services.audio_library
         clip = await self.in_worker(
-            self.audio_library.add,
-            name,
-            upload.body,
-            field("transcript"),
-            raw_pcm=suffix.lower() == ".pcm",
-            activate=activate,
+            library.add, name, upload.body, field("transcript"), raw_pcm=suffix.lower() == ".pcm", activate=activate
         )
-        self.write_json(
-            {
-                "name": clip.name,
-                "duration": round(clip.duration, 3),
-                "size": len(clip.pcm),
-                "transcript": clip.transcript,
-                "active": self.audio_library.active_name() == clip.name,
-            },
-            status=201,
-        )
+        self.write_json(library.summary(clip.name), status=201)
 
 
 class AudioClipHandler(AdminApiHandler):
     async def delete(self, name: str) -> None:
-        await self.in_worker(self.audio_library.delete, name)
+        await self.in_worker(self.services.audio_library.delete, name)
         self.set_status(204)
         self.finish()
 
 
 class AudioActivateHandler(AdminApiHandler):
     async def post(self, name: str) -> None:
-        await self.in_worker(self.audio_library.activate, name)
-        self.write_json({"active": name, "clips": self.audio_library.list()})
+        library = self.services.audio_library
+        await self.in_worker(library.activate, name)
+        self.write_json({"active": name, "clips": library.list()})
 
 
 class AudioWavHandler(AdminApiHandler):
     async def get(self, name: str) -> None:
-        wav = await self.in_worker(self.audio_library.wav, name)
+        wav = await self.in_worker(self.services.audio_library.wav, name)
         self.set_header("Content-Type", "audio/wav")
         self.set_header("Cache-Control", "no-store")
         self.finish(wav)
@@ -221,7 +176,7 @@ class StatusHandler(AdminApiHandler):
         self.write_json(
             {
                 "upstream": {"mode": services.upstream.mode, "base_url": services.upstream.base_url},
-                "uptime_seconds": round(time.time() - services.started_at, 1),
+                "uptime_seconds": round(services.uptime(), 1),
                 "in_flight": log.in_flight,
                 "totals": {outcome: log.totals.get(outcome, 0) for outcome in ("ok", "error", "cancelled")},
                 "knowledge_version": services.knowledge_base.version,
@@ -231,17 +186,18 @@ class StatusHandler(AdminApiHandler):
         )
 
 
-_DOC = r"([A-Za-z0-9_-]{1,64})"
-_CLIP = r"([A-Za-z0-9][A-Za-z0-9_-]{0,63})"
+# Path arguments are checked by the services (the clip-name rule lives in the audio library): a route only says
+# where one ends.
+_ONE = r"([^/]+)"
 
 default_handlers = [
     (r"/admin/api/status", StatusHandler),
+    (r"/admin/api/retrieval", RetrievalTestHandler),
     (r"/admin/api/knowledge", KnowledgeCollectionHandler),
-    (r"/admin/api/knowledge/(search)", KnowledgeSearchHandler),
     (r"/admin/api/knowledge\.json", KnowledgeFileHandler),
-    (rf"/admin/api/knowledge/{_DOC}", KnowledgeDocumentHandler),
+    (rf"/admin/api/knowledge/{_ONE}", KnowledgeDocumentHandler),
     (r"/admin/api/audio", AudioCollectionHandler),
-    (rf"/admin/api/audio/{_CLIP}\.wav", AudioWavHandler),
-    (rf"/admin/api/audio/{_CLIP}/activate", AudioActivateHandler),
-    (rf"/admin/api/audio/{_CLIP}", AudioClipHandler),
+    (rf"/admin/api/audio/{_ONE}\.wav", AudioWavHandler),
+    (rf"/admin/api/audio/{_ONE}/activate", AudioActivateHandler),
+    (rf"/admin/api/audio/{_ONE}", AudioClipHandler),
 ]

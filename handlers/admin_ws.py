@@ -1,63 +1,62 @@
 """WebSocket /admin/ws/logs: the request log, live. On connect the latest records (up to 200), then each new one.
 
 Each socket has a bounded queue: a slow or stuck browser never slows the server; when its queue is full, records
-are dropped and the page is told how many it missed.
+are dropped and the page is told how many it missed. The sender never dies silently: a record it cannot send is
+logged and counted as missed, and any other failure closes the socket, so the page knows and reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import deque
 from typing import Any
-from urllib.parse import urlsplit
 
-import tornado.web
 import tornado.websocket
 
-from llmserver.errors import ApiError
+from llmserver.protocol.errors import ApiError
 
-from .admin_access import AdminAccess
-from .base import ApiHandler, RequestIdMixin
+from .auth import AdminAccess, is_same_origin
+from .base import JsonErrors
 
+logger = logging.getLogger("llmserver.handlers")
 RECENT_ON_CONNECT = 200
 QUEUE_LIMIT = 500
 
 
-def _origin_host(origin: str) -> str | None:
-    try:
-        return urlsplit(origin).netloc.lower()
-    except ValueError:
-        return None  # unparseable: not this page's origin
+def record_message(record: dict[str, Any]) -> str:
+    """The record as the socket sends it; ValueError (or UnicodeEncodeError) when it cannot be encoded."""
+    text = json.dumps({"type": "record", "record": record}, ensure_ascii=False)
+    text.encode("utf-8")  # what the socket will do: fail here, where it can be handled, not in the sender
+    return text
 
 
-class LiveLogSocket(AdminAccess, RequestIdMixin, tornado.websocket.WebSocketHandler):
+class LiveLogSocket(AdminAccess, JsonErrors, tornado.websocket.WebSocketHandler):
     def prepare(self) -> None:
         # Checked here, not in check_origin, so that a refusal is a JSON error like the rest of the admin API.
         origin = self.request.headers.get("Origin")
-        if origin is not None and _origin_host(origin) != self.request.host.lower():
+        if origin is not None and not is_same_origin(self.request, origin):
             raise ApiError(403, "Cross-origin WebSocket connections are refused.", code="foreign_origin")
+        self.check_token_throttle()
         if self.current_user is None:
             raise ApiError(401, "Admin token required (cookie or 'Authorization: Bearer <token>').", code="admin_token")
 
     def check_origin(self, origin: str) -> bool:
         return True  # prepare() has checked it
 
-    # Refusals look and log like the rest of the admin API's.
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        ApiHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
-
-    def log_exception(self, typ, value, tb) -> None:
-        if not isinstance(value, ApiError):  # a refusal is expected; anything else is logged as usual
-            tornado.web.RequestHandler.log_exception(self, typ, value, tb)
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        connection = {part.strip().lower() for part in self.request.headers.get("Connection", "").split(",")}
+        if self.request.headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
+            raise ApiError(400, "This is a WebSocket: connect with 'Upgrade: websocket'.", code="websocket_required")
+        await super().get(*args, **kwargs)
 
     def open(self) -> None:
         self._queue: deque[dict[str, Any]] = deque()
         self._missed = 0
         self._wakeup = asyncio.Event()
-        self._log = self.settings["services"].request_log
-        for record in self._log.recent(RECENT_ON_CONNECT):
-            self._queue.append(record)
+        self._log = self.services.request_log
+        self._queue.extend(self._log.recent(RECENT_ON_CONNECT))
         self._log.subscribe(self.on_record)
         self._sender = asyncio.ensure_future(self._send_queued())
         self._wakeup.set()
@@ -75,14 +74,24 @@ class LiveLogSocket(AdminAccess, RequestIdMixin, tornado.websocket.WebSocketHand
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while self._queue or self._missed:
+                    if self._queue:
+                        record = self._queue.popleft()
+                        try:
+                            message = record_message(record)
+                        except ValueError:
+                            logger.warning("live log: record %s cannot be encoded; skipped", record.get("key"))
+                            self._missed += 1
+                            continue
+                        await self.write_message(message)
                     if self._missed:
                         missed, self._missed = self._missed, 0
                         await self.write_message(json.dumps({"type": "missed", "count": missed}))
-                    if self._queue:
-                        record = self._queue.popleft()
-                        await self.write_message(json.dumps({"type": "record", "record": record}, ensure_ascii=False))
         except (tornado.websocket.WebSocketClosedError, asyncio.CancelledError):
             self._stop()
+        except Exception:
+            logger.exception("live log sender failed; closing the socket so the page reconnects")
+            self._stop()
+            self.close(1011, "internal error")
 
     def on_message(self, message: str | bytes) -> None:
         return None  # the page only listens

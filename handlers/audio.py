@@ -1,4 +1,5 @@
-"""POST /audio/chat/completions: the active clip as a transcript, then 16 kHz PCM16 in 40 ms base64 chunks.
+"""POST /audio/chat/completions: the active clip as a transcript, then 16 kHz PCM16 in base64 chunks of 40 ms on
+average (their byte counts multiples of 6, so the joined base64 of a whole stream decodes to the whole clip).
 
 This is the shape Agora's engine plays instead of running text-to-speech (output_modalities ["audio"]).
 """
@@ -10,10 +11,11 @@ import base64
 import secrets
 import time
 
-from llmserver.audio import AudioLibrary, Clip
-from llmserver.chat_request import ChatRequest
-from llmserver.chunks import ChunkFactory, usage
-from llmserver.sse import dumps
+from llmserver.audio.library import Clip
+from llmserver.protocol.chat_request import ChatRequest
+from llmserver.protocol.chunks import ChunkFactory, usage
+from llmserver.protocol.sse import dumps
+from llmserver.request_log import AudioDetails
 
 from .completions import CompletionEndpoint
 
@@ -34,17 +36,12 @@ class AudioCompletionsHandler(CompletionEndpoint):
     endpoint = "audio"
     needs_upstream_key = False
 
-    @property
-    def audio_library(self) -> AudioLibrary:
-        return self.services.audio_library
-
     async def respond(self, chat: ChatRequest, api_key: str | None) -> None:
-        clip = self.audio_library.clip_or_simulated()  # the bytes this response plays, whatever happens to the file
-        self.record.details["audio"] = {
-            "clip": None if clip.simulated else clip.name,
-            "duration": round(clip.duration, 3),
-            "simulated": clip.simulated,
-        }
+        # The bytes this response plays, whatever happens to the clip meanwhile.
+        clip = self.services.audio_library.clip_or_simulated()
+        self.record.audio = AudioDetails(
+            clip=None if clip.simulated else clip.name, duration=round(clip.duration, 3), simulated=clip.simulated
+        )
         factory = ChunkFactory(chat.model)
         audio_id = "audio_" + secrets.token_hex(12)
         if chat.stream:
@@ -65,7 +62,7 @@ class AudioCompletionsHandler(CompletionEndpoint):
             self.write_json(factory.completion(message, usage(0, len(clip.chunks_base64))))
 
     async def _stream(self, clip: Clip, factory: ChunkFactory, audio_id: str, include_usage: bool) -> None:
-        events = self.events
+        events, record = self.events, self.record
         transcript = factory.chunk({"role": "assistant", "audio": {"id": audio_id, "transcript": clip.transcript}})
         # Every audio chunk is the same JSON but for its data: serialise it once and splice the base64 in. The
         # data is the last string of the chunk, so its last empty occurrence is the one (whatever the model says).
@@ -74,22 +71,29 @@ class AudioCompletionsHandler(CompletionEndpoint):
         head, tail = template[:split_at], template[split_at:]
         data = clip.chunks_base64
         # The transcript and the first 200 ms leave in one write, so playback can start at once.
-        await events.send_many([dumps(transcript), *(head + part + tail for part in data[:REALTIME_HEAD_START])])
+        first = [dumps(transcript), *(head + part + tail for part in data[:REALTIME_HEAD_START])]
+        await events.send_many(first)
+        record.mark_chunk(len(first))
         interval = pace_interval(self.config.audio_pace)
+        rest = data[REALTIME_HEAD_START:]
         if interval is None:
-            await events.send_spliced(head, data[REALTIME_HEAD_START:], tail)
+            await events.send_spliced(head, rest, tail)
+            record.mark_chunk(len(rest))
         else:
             loop = asyncio.get_running_loop()
             start = loop.time()
-            for number, part in enumerate(data[REALTIME_HEAD_START:], start=1):
+            for number, part in enumerate(rest, start=1):
                 # An absolute schedule: a late wake-up does not push every later chunk back.
                 delay = start + number * interval - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await events.send(head + part + tail)
+                record.mark_chunk()
         await events.send_json(factory.chunk({}, finish_reason="stop"))
+        record.mark_chunk()
         if include_usage:
             await events.send_json(factory.usage_chunk(usage(0, len(data))))
+            record.mark_chunk()
         await events.done()
 
 

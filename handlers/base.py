@@ -1,49 +1,46 @@
-"""Base handlers: the services as typed properties, the one error shape, JSON bodies, request ids, SSE output."""
+"""Base handlers: every handler has the services built at start-up, a request id, and a body read within its own
+limit. API handlers answer every error in OpenAI's JSON shape; pages answer a page in the dashboard's style."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import secrets
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import tornado.httputil
 import tornado.web
-from markupsafe import Markup
 from tornado.iostream import StreamClosedError
 
-from llmserver.errors import ApiError, error_body, error_type_for_status
-from llmserver.sse import DONE, encode_comment, encode_event, encode_json_event, encode_spliced_events
+from llmserver.protocol.errors import ApiError, ServiceError, as_api_error
+from llmserver.protocol.json_body import parse_json
+
+from .auth import check_cross_site, cors_headers, cors_preflight_headers
 
 if TYPE_CHECKING:
-    from llmserver.request_log import RequestLog, RequestRecord
+    from llmserver.request_log import RequestLog
     from llmserver.services import Services
     from llmserver.settings import Settings
 
 logger = logging.getLogger("llmserver.handlers")
 _SAFE_REQUEST_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+DEFAULT_BODY_BYTES = 64 * 1024  # for handlers that take no more than a small form
+INTERNAL_ERROR = "The server had an error while processing your request."
 
 
-def bearer_token(request: tornado.httputil.HTTPServerRequest) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, if there is one."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+class RequestContext(tornado.web.RequestHandler):
+    """The services, the request id, and what every error response needs to know."""
 
+    @property
+    def services(self) -> Services:
+        return self.settings["services"]
 
-def check_api_keys(presented: str | None, accepted: Sequence[str]) -> None:
-    """With API_KEYS set, a request must bear one of them (compared in constant time)."""
-    if not accepted:
-        return
-    if presented is None or not any(hmac.compare_digest(presented.encode(), key.encode()) for key in accepted):
-        raise ApiError(401, "Invalid or missing API key.", code="invalid_api_key")
+    @property
+    def config(self) -> Settings:
+        return self.services.settings
 
-
-class RequestIdMixin(tornado.web.RequestHandler):
-    """Every response carries X-Request-Id: the request's own if it sent a sane one, else a generated one."""
+    @property
+    def request_log(self) -> RequestLog:
+        return self.services.request_log
 
     @property
     def request_id(self) -> str:
@@ -61,21 +58,73 @@ class RequestIdMixin(tornado.web.RequestHandler):
         # Tornado's log lines (uncaught errors included) without the query string: /admin?token=... has a secret.
         return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
 
+    def acts_with_admin_cookie(self) -> bool:
+        return False  # see AdminAccess
 
-class BaseHandler(RequestIdMixin):
-    """Gives handlers the services built at start-up."""
+    def check_xsrf_cookie(self) -> None:
+        """The one XSRF policy: a request that acts with the admin cookie must carry the page's XSRF token in the
+        X-XSRFToken header (never in the URL). Other requests carry no ambient authority a foreign page could
+        borrow (API callers and admin scripts present bearer tokens; strangers are refused), so they need none."""
+        if not self.acts_with_admin_cookie():
+            return
+        if not self.request.headers.get("X-XSRFToken"):
+            raise ApiError(403, "The X-XSRFToken header is required with the admin cookie.", code="xsrf")
+        try:
+            super().check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            raise ApiError(403, "The X-XSRFToken header does not match the XSRF cookie.", code="xsrf") from None
 
-    @property
-    def services(self) -> Services:
-        return self.settings["services"]
+    def body_unread(self) -> bool:
+        """True while the request's body has not been read: answering now closes the connection."""
+        return not getattr(self.request.connection, "_read_finished", True)
 
-    @property
-    def config(self) -> Settings:
-        return self.services.settings
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, (ApiError, ServiceError)):
+            return  # an expected refusal; the request log or the access log has it
+        if isinstance(value, StreamClosedError) and self._finished:
+            return  # the client left after its answer (a refused body it was still sending)
+        super().log_exception(typ, value, tb)
 
-    @property
-    def request_log(self) -> RequestLog:
-        return self.services.request_log
+    def error_for(self, status_code: int, kwargs: dict[str, Any]) -> ApiError:
+        """The error to show for write_error's arguments: ours as it is, Tornado's in words, anything else as 500."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        error = as_api_error(exc) if exc is not None else None
+        if error is not None:
+            return error
+        if isinstance(exc, tornado.web.HTTPError) or exc is None:
+            message = getattr(exc, "log_message", None)
+            if message and getattr(exc, "args", None):
+                message = message % exc.args
+            return ApiError(status_code, message or self._reason)
+        return ApiError(500, INTERNAL_ERROR, type="server_error")
+
+    def begin_error_response(self, error: ApiError) -> None:
+        self.set_status(error.status)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        if self.body_unread():
+            # Tornado closes the connection rather than read the rest of the body; say so, so that a client's
+            # connection pool does not send its next request into a closed connection.
+            self.set_header("Connection", "close")
+
+
+class JsonErrors(RequestContext):
+    """Errors in OpenAI's JSON shape, expected or not, never a traceback."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = self.error_for(status_code, kwargs)
+        self.begin_error_response(error)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error.body()))
+
+
+class PageErrors(RequestContext):
+    """Errors as a page in the dashboard's style."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = self.error_for(status_code, kwargs)
+        self.begin_error_response(error)
+        self.render_template("error.html", status=error.status, message=error.message)
 
     def render_template(self, name: str, **namespace: Any) -> None:
         """Renders a Jinja2 template from templates/ (autoescaped) with the common names added."""
@@ -84,185 +133,100 @@ class BaseHandler(RequestIdMixin):
         self.finish(
             template.render(
                 static_url=self.static_url,
-                xsrf_form_html=Markup(self.xsrf_form_html()),
                 xsrf_token=self.xsrf_token.decode(),
                 **namespace,
             )
         )
 
-    def upstream_key(self, required: bool = True) -> str | None:
-        """The key to send upstream on this request, after the API_KEYS check.
-
-        The server's own key wins (None is returned and the client uses it); else the caller's bearer token is
-        forwarded, unless it is one of the server's API_KEYS, which never leave the server.
-        """
-        token = self.bearer_token()
-        check_api_keys(token, self.config.api_keys)
-        forwarded = None if self.config.api_keys else token
-        has_upstream_key = self.services.upstream.mode != "openai" or self.config.api_key or forwarded
-        if required and not has_upstream_key:
-            raise ApiError(
-                401,
-                "No API key: send 'Authorization: Bearer <key>' or configure OPENAI_API_KEY on the server.",
-                code="missing_api_key",
-            )
-        return forwarded
-
-    def bearer_token(self) -> str | None:
-        return bearer_token(self.request)
-
-
-class ApiHandler(BaseHandler):
-    """JSON API base: every error, expected or not, leaves as the OpenAI error shape, never as a traceback."""
-
-    def check_xsrf_cookie(self) -> None:
-        # API clients authenticate with bearer tokens, not cookies.
-        return None
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            self.set_status(exc.status)
-            body = exc.body()
-        elif isinstance(exc, tornado.web.HTTPError):
-            message = exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
-            body = error_body(message or self._reason, error_type_for_status(status_code))
-        else:
-            body = error_body("The server had an error while processing your request.", "server_error")
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body))
-
-    def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, ApiError):
-            return  # an expected refusal; the request log has it
-        super().log_exception(typ, value, tb)
-
-    def send_api_error(self, error: ApiError) -> None:
-        self.clear()
-        self.set_status(error.status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(error.body()))
-
-    @property
-    def body(self) -> bytes:
-        return self.request.body
-
-    def json_body(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-
-    def write_json(self, data: Any, status: int = 200) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data, ensure_ascii=False))
-
 
 @tornado.web.stream_request_body
-class LimitedBodyHandler(ApiHandler):
-    """Reads the body as it arrives and keeps it only up to `body_limit()` bytes.
-
-    A body whose Content-Length is over the limit is answered with 413 before it is read; one sent without a length
-    is cut off by Tornado at the limit (the connection closes). Subclasses check who is asking in prepare() before
-    the body is read, and only then raise the server's small default limit to theirs.
-    """
+class BodyLimit(tornado.web.RequestHandler):
+    """Reads the body as it arrives and keeps it only up to `body_limit()` bytes: a longer one gets a 413 (before
+    it is read when its Content-Length says so, else as soon as the limit is passed) and the connection closes.
+    Handlers check who is asking in prepare() before calling this one's, so strangers never send a body."""
 
     def body_limit(self) -> int:
-        raise NotImplementedError
+        return DEFAULT_BODY_BYTES
 
     def prepare(self) -> None:
         self._chunks: list[bytes] = []
-        self._limit = self.body_limit()
-        self.request.connection.set_max_body_size(self._limit)  # Tornado cuts off anything longer
+        self._received = 0
         length = self.request.headers.get("Content-Length", "")
-        self.declared_too_large = length.isdigit() and int(length) > self._limit
+        if length.isdigit() and int(length) > self.body_limit():
+            raise self.too_large()
+
+    def too_large(self) -> ApiError:
+        return ApiError(413, f"The request body exceeds {self.body_limit()} bytes.", code="request_too_large")
 
     def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._received += len(chunk)
+        if self._received > self.body_limit():
+            self._chunks = []
+            error = self.too_large()
+            self.send_error(error.status, exc_info=(type(error), error, None))
+            return
         self._chunks.append(chunk)
-
-    def check_body_size(self) -> None:
-        """Raises 413 for a declared length over the limit; subclasses call it in prepare(), before the body."""
-        if self.declared_too_large:
-            raise ApiError(413, f"The request body exceeds {self._limit} bytes.", code="request_too_large")
 
     @property
     def body(self) -> bytes:
         return b"".join(self._chunks)
 
 
-class StaticFiles(RequestIdMixin, tornado.web.StaticFileHandler):
-    """The dashboard's script and styles, with a request id and JSON errors like every other response."""
+class ApiHandler(JsonErrors, BodyLimit):
+    """JSON API base: refuses cross-site requests from browsers (unless CORS_ORIGINS allows the origin), answers
+    CORS preflights, parses bodies with the one JSON parser."""
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        ApiHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
+    def prepare(self) -> None:
+        check_cross_site(self.request, self.config)
+        for name, value in cors_headers(self.request, self.config).items():
+            self.set_header(name, value)
+        super().prepare()
+
+    def options(self, *args: str) -> None:
+        for name, value in cors_preflight_headers(self.request, self.config, self._allowed_methods()).items():
+            self.set_header(name, value)
+        self.set_status(204)
+        self.finish()
+
+    def _allowed_methods(self) -> list[str]:
+        return [m for m in self.SUPPORTED_METHODS if m != "OPTIONS" and type(self).__dict__.get(m.lower())]
+
+    def json_body(self) -> Any:
+        return parse_json(self.body)
+
+    def json_object(self) -> dict[str, Any]:
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, "The request body must be a JSON object.", code="invalid_body")
+        return body
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, ensure_ascii=False))
+
+    def send_api_error(self, error: ApiError) -> None:
+        self.clear()
+        self.begin_error_response(error)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error.body()))
+
+
+class PageHandler(PageErrors, BodyLimit):
+    """An HTML page of the dashboard."""
+
+
+class StaticFiles(JsonErrors, BodyLimit, tornado.web.StaticFileHandler):
+    """The dashboard's scripts and styles, with a request id and JSON errors like every other response."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        if any(ord(character) < 32 for character in url_path):
+            raise tornado.web.HTTPError(404)  # a NUL or control character can name no file
+        return super().parse_url_path(url_path)
 
 
 class NotFoundHandler(ApiHandler):
     def prepare(self) -> None:
         raise ApiError(404, f"Unknown path: {self.request.method} {self.request.path}", code="not_found")
-
-
-class EventStream:
-    """The one SSE writer: sends events to the client, flushing each, and counts them in the request record."""
-
-    def __init__(self, handler: tornado.web.RequestHandler, record: RequestRecord) -> None:
-        self._handler = handler
-        self._record = record
-        self.started = False
-
-    def start(self) -> None:
-        handler = self._handler
-        handler.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        handler.set_header("Cache-Control", "no-cache")
-        handler.set_header("X-Accel-Buffering", "no")
-        self.started = True
-
-    async def _write(self, data: bytes) -> None:
-        if not self.started:
-            self.start()
-        handler = self._handler
-        handler.write(data)
-        flushed = handler.flush()
-        # Wait only when the socket is full (a slow reader): otherwise the bytes are already with the kernel, and
-        # waiting for Tornado's callback would cost an event-loop turn per chunk. A client that leaves is noticed
-        # by on_connection_close either way.
-        if handler.request.connection.stream.writing():
-            await flushed
-
-    async def send(self, payload: bytes) -> None:
-        """Sends one chunk: `payload` is its JSON, as bytes."""
-        self._record.mark_chunk()
-        await self._write(encode_event(payload))
-
-    async def send_many(self, payloads: list[bytes]) -> None:
-        """Sends several chunks in one write, for chunks that are all ready."""
-        if payloads:
-            await self.send_encoded(b"".join([encode_event(payload) for payload in payloads]), len(payloads))
-
-    async def send_spliced(self, head: bytes, parts: list[bytes], tail: bytes) -> None:
-        """Sends one chunk `head + part + tail` per part, in one write (see sse.encode_spliced_events)."""
-        if parts:
-            await self.send_encoded(encode_spliced_events(head, parts, tail), len(parts))
-
-    async def send_encoded(self, events: bytes, count: int) -> None:
-        self._record.mark_chunk(count)
-        await self._write(events)
-
-    async def send_json(self, chunk: Any) -> None:
-        self._record.mark_chunk()
-        await self._write(encode_json_event(chunk))
-
-    async def send_comment(self, text: str) -> None:
-        await self._write(encode_comment(text))
-
-    async def send_error(self, error: ApiError) -> None:
-        """After streaming has begun, an error is one `data: {"error": ...}` event, then [DONE]."""
-        try:
-            await self._write(encode_json_event(error.body()))
-            await self._write(DONE)
-        except StreamClosedError:
-            pass
-
-    async def done(self) -> None:
-        await self._write(DONE)

@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import dataclass
 
 logger = logging.getLogger("llmserver.files")
+TEMPORARY_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -30,7 +31,7 @@ def stage_file(path: str, data: bytes) -> StagedFile:
     """Writes `data` to a temporary file in `path`'s folder and syncs it; commit() renames it into place."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=folder)
     staged = StagedFile(temporary, path)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -73,3 +74,17 @@ def sync_folder(folder: str) -> None:
             os.close(directory)
     except OSError as exc:
         logger.warning("could not sync folder %s: %s", folder, exc)
+
+
+def remove_stale_temporaries(folder: str) -> None:
+    """Removes the temporary files a crash left in `folder` (call it at start, before anything writes there)."""
+    try:
+        entries = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.startswith(TEMPORARY_PREFIX):
+            try:
+                os.unlink(os.path.join(folder, entry))
+            except OSError as exc:
+                logger.warning("could not remove the temporary file %s: %s", entry, exc)

@@ -1,4 +1,6 @@
-"""The request log: one record per completion request, kept in a ring buffer, sent to subscribers and to logging."""
+"""The request log: one typed record per completion request, kept in a ring buffer, sent to subscribers and to
+logging. What a record holds of the user's text follows LOG_USER_TEXT; every string in it is valid Unicode and
+every nested value bounded in depth and size, so any record can always be encoded, shown and sent."""
 
 from __future__ import annotations
 
@@ -14,6 +16,56 @@ from typing import Any
 logger = logging.getLogger("llmserver.requests")
 
 Subscriber = Callable[[dict[str, Any]], None]
+LOG_TEXT_MODES = ("full", "truncated", "none")
+MAX_FIELD_DEPTH = 6
+
+
+def safe_text(text: str) -> str:
+    """`text` with anything that cannot be encoded as UTF-8 (lone surrogates) replaced."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def bounded_value(value: Any, depth: int = MAX_FIELD_DEPTH) -> Any:
+    """A copy of a JSON value with safe strings and nothing nested deeper than `depth` (deeper parts become "…")."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        if depth <= 0:
+            return "…"
+        return {safe_text(str(k)): bounded_value(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if depth <= 0:
+            return "…"
+        return [bounded_value(v, depth - 1) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return safe_text(str(value))
+
+
+@dataclass
+class RetrievalHit:
+    id: str
+    score: float
+
+
+@dataclass
+class RetrievalDetails:
+    query: str
+    hits: list[RetrievalHit]
+    ms: float
+
+
+@dataclass
+class AudioDetails:
+    clip: str | None  # None for the simulated reply
+    duration: float
+    simulated: bool
 
 
 @dataclass
@@ -31,10 +83,12 @@ class RequestRecord:
     first_chunk_ms: float | None = None  # the first chunk to the client (on /rag: the waiting message)
     upstream_called_ms: float | None = None  # when the upstream call began
     upstream_first_chunk_ms: float | None = None  # when the upstream's first chunk was relayed
+    upstream_attempts: int = 0  # more than 1 when a failure before the first chunk was retried
     total_ms: float | None = None
     chunks: int = 0
     error: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)  # retrieval hits, audio clip, ...
+    retrieval: RetrievalDetails | None = None  # the RAG endpoint's
+    audio: AudioDetails | None = None  # the audio endpoint's
     key: str = ""  # unique: this server process and the record's number in it
     _start: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -77,14 +131,17 @@ def describe(record: dict[str, Any]) -> str:
     ]
     if record["turn_id"] is not None:
         parts.append(f"turn_id={record['turn_id']}")
-    retrieval = record["details"].get("retrieval")
+    if record["upstream_attempts"] > 1:
+        parts.append(f"attempts={record['upstream_attempts']}")
+    retrieval = record["retrieval"]
     if retrieval is not None:
         hits = ",".join(f"{hit['id']}:{hit['score']}" for hit in retrieval["hits"]) or "none"
         parts.append(f"hits={hits} retrieval_ms={retrieval['ms']}")
-    audio = record["details"].get("audio")
+    audio = record["audio"]
     if audio is not None:
         parts.append("clip=simulated" if audio["simulated"] else f"clip={audio['clip']}")
-    parts.append(f"user={record['last_user_message']!r}")
+    if record["last_user_message"]:
+        parts.append(f"user={record['last_user_message']!r}")
     if record["error"]:
         parts.append(f"error={record['error']!r}")
     return " ".join(parts)
@@ -94,36 +151,48 @@ class RequestLog:
     """Ring buffer of finished records plus live counters; subscribers get each record as it finishes.
 
     Subscribers are called synchronously and must not block: the admin WebSocket queues what it receives.
+    `text_mode` is LOG_USER_TEXT: "truncated" keeps the first `text_chars` characters of user text, "full" all
+    of it, "none" nothing.
     """
 
-    def __init__(self, size: int = 1000, text_chars: int = 200) -> None:
+    def __init__(self, size: int = 1000, text_chars: int = 200, text_mode: str = "truncated") -> None:
+        if text_mode not in LOG_TEXT_MODES:
+            raise ValueError(f"text_mode must be one of {', '.join(LOG_TEXT_MODES)}")
         self._records: deque[dict[str, Any]] = deque(maxlen=size)
         self._subscribers: list[Subscriber] = []
         self.text_chars = text_chars
+        self.text_mode = text_mode
         self.in_flight = 0
         self.totals: Counter[str] = Counter()
         self._finished = 0
-        self._instance = secrets.token_hex(4)
+        self.instance = secrets.token_hex(4)
 
     def begin(self, request_id: str, endpoint: str) -> RequestRecord:
         self.in_flight += 1
         return RequestRecord(request_id=request_id, endpoint=endpoint)
 
     def bounded(self, value: dict[str, Any], limit: int = 4096) -> dict[str, Any]:
-        """`value` as it is if its JSON is small, else a truncated JSON text: records stay small in memory."""
+        """`value` (safe, depth-bounded) if its JSON is small, else a truncated JSON text: records stay small."""
         if not value:
             return value  # most requests: nothing to measure
-        text = json.dumps(value, ensure_ascii=False, default=str)
-        return value if len(text) <= limit else {"truncated": text[:limit] + "…"}
+        safe = bounded_value(value)
+        text = json.dumps(safe, ensure_ascii=False)
+        return safe if len(text) <= limit else {"truncated": text[:limit] + "…"}
 
-    def truncate(self, text: str) -> str:
-        return text if len(text) <= self.text_chars else text[: self.text_chars - 1] + "…"
+    def text(self, text: str) -> str:
+        """User text as the record keeps it (LOG_USER_TEXT)."""
+        if self.text_mode == "none":
+            return ""
+        text = safe_text(text)
+        if self.text_mode == "full" or len(text) <= self.text_chars:
+            return text
+        return text[: self.text_chars - 1] + "…"
 
     def finish(self, record: RequestRecord) -> None:
         self.in_flight -= 1
         record.total_ms = record.elapsed_ms()
         self._finished += 1
-        record.key = f"{self._instance}-{self._finished}"
+        record.key = f"{self.instance}-{self._finished}"
         self.totals[record.outcome] += 1
         data = record.to_dict()
         self._records.append(data)

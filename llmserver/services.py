@@ -1,17 +1,28 @@
-"""The services of one running server, built once at start-up, handed to the handlers, closed at shutdown."""
+"""The composition root: the services of one running server, built once at start-up from the settings, handed to
+the handlers, and closed at shutdown."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
 
-from .audio import AudioLibrary
-from .knowledge import KnowledgeBase, KnowledgeError
-from .offline import OfflineResponder
+from .audio.codec import AudioError
+from .audio.library import AudioLibrary
+from .knowledge.store import KnowledgeBase, KnowledgeError
+from .login_throttle import LoginThrottle
 from .request_log import RequestLog
 from .settings import Settings
-from .upstream import OpenAIUpstream, Upstream
+from .upstream.offline import OfflineResponder
+from .upstream.openai_upstream import OpenAIUpstream
+from .upstream.protocol import Upstream
+from .upstream.relay import Relay, RelayPolicy
+
+# The shipped defaults a new data directory starts from: tracked files, only ever read.
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_KNOWLEDGE = os.path.join(PROJECT_ROOT, "knowledge.json")
+SHIPPED_AUDIO = os.path.join(PROJECT_ROOT, "audio")
 
 
 class StartupError(Exception):
@@ -22,13 +33,18 @@ class StartupError(Exception):
 class Services:
     settings: Settings
     upstream: Upstream
+    relay: Relay
     request_log: RequestLog
     knowledge_base: KnowledgeBase
     audio_library: AudioLibrary
     admin_token: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(24))
     cookie_secret: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(32))
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False  # set on SIGTERM: new requests get 503 while running ones finish
+
+    def uptime(self) -> float:
+        return time.time() - self.started_at
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -43,24 +59,48 @@ def build_upstream(settings: Settings) -> Upstream:
 def load_knowledge_base(settings: Settings) -> KnowledgeBase:
     try:
         return KnowledgeBase.load(
-            settings.knowledge_file,
+            settings.knowledge_path,
+            seed=SHIPPED_KNOWLEDGE,
             max_documents=settings.max_documents,
             max_document_chars=settings.max_document_chars,
         )
     except KnowledgeError as exc:
         raise StartupError(f"invalid knowledge base, not starting (the file is left untouched): {exc}") from None
+    except OSError as exc:
+        raise StartupError(f"cannot write the knowledge base {settings.knowledge_path}: {exc.strerror}") from None
+
+
+def open_audio_library(settings: Settings) -> AudioLibrary:
+    try:
+        return AudioLibrary(
+            settings.audio_path,
+            seed_folder=SHIPPED_AUDIO,
+            max_bytes=settings.audio_max_bytes,
+            max_seconds=settings.audio_max_seconds,
+        )
+    except AudioError as exc:
+        raise StartupError(f"invalid audio library, not starting (the files are left untouched): {exc}") from None
+    except OSError as exc:
+        raise StartupError(f"cannot use the audio folder {settings.audio_path}: {exc.strerror}") from None
 
 
 def build_services(settings: Settings) -> Services:
     knowledge_base = load_knowledge_base(settings)
+    audio_library = open_audio_library(settings)
     secrets_given = {"admin_token": settings.admin_token, "cookie_secret": settings.cookie_secret}
+    upstream = build_upstream(settings)
+    policy = RelayPolicy(
+        retries=settings.upstream_retries,
+        first_token_timeout=settings.first_token_timeout,
+        completion_timeout=settings.completion_timeout,
+        keepalive_seconds=settings.keepalive_seconds,
+    )
     return Services(
         **{name: value for name, value in secrets_given.items() if value},  # else generated at each start
         settings=settings,
-        upstream=build_upstream(settings),
-        request_log=RequestLog(settings.request_log_size, settings.log_text_chars),
+        upstream=upstream,
+        relay=Relay(upstream, policy),
+        request_log=RequestLog(settings.request_log_size, settings.log_text_chars, settings.log_user_text),
         knowledge_base=knowledge_base,
-        audio_library=AudioLibrary(
-            settings.audio_dir, max_bytes=settings.audio_max_bytes, max_seconds=settings.audio_max_seconds
-        ),
+        audio_library=audio_library,
     )

@@ -1,12 +1,16 @@
-"""Settings from the command line and the environment (the flag wins), with the defaults documented in the README."""
+"""Settings: one table (the Settings dataclass) from which the command-line flags, the environment variables,
+their checks and the help text are all made. The flag wins over the environment; the README lists them all."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import ipaddress
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_WAITING_MESSAGES = (
     "Just a moment, I'm thinking...",
@@ -22,60 +26,24 @@ DEFAULT_RAG_TEMPLATE = (
 )
 
 
-@dataclass
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    upstream: str = "offline"  # "openai" or "offline"
-    base_url: str | None = None
-    api_key: str | None = field(default=None, repr=False)
-    model: str = "gpt-4o-mini"
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
-    max_body_bytes: int = 1024 * 1024
-    connect_timeout: float = 5.0
-    first_token_timeout: float = 30.0
-    read_timeout: float = 60.0
-    upstream_retries: int = 2
-    shutdown_grace: float = 10.0
-    keepalive_seconds: float = 5.0
-    request_log_size: int = 1000
-    log_text_chars: int = 200
-    offline_word_delay: float = 0.02
-    # RAG
-    knowledge_file: str = "knowledge.json"
-    rag_top_k: int = 3
-    rag_min_score: float = 1.2
-    rag_waiting_message: bool = True
-    waiting_messages: tuple[str, ...] = DEFAULT_WAITING_MESSAGES
-    rag_template: str = DEFAULT_RAG_TEMPLATE
-    max_documents: int = 20000
-    max_document_chars: int = 100_000
-    # Audio
-    audio_dir: str = "audio"
-    audio_pace: str = "realtime"  # "realtime", "burst" or an interval in ms
-    audio_max_bytes: int = 25 * 1024 * 1024
-    audio_max_seconds: float = 120.0
-    # Admin
-    admin_token: str | None = field(default=None, repr=False)
-    cookie_secret: str | None = field(default=None, repr=False)
-
-    @property
-    def has_upstream_key(self) -> bool:
-        return bool(self.api_key)
+# Parsers: each takes the text of a flag or variable and returns the value, or raises ArgumentTypeError. ---------
 
 
-def _env(environ: Mapping[str, str], *names: str) -> str | None:
-    for name in names:
-        value = environ.get(name)
-        if value not in (None, ""):
-            return value
-    return None
+def _number(kind: type, minimum: float, maximum: float | None = None, *, above: bool = False) -> Callable[[str], Any]:
+    """`kind` (int or float), finite, at least `minimum` (or above it), at most `maximum`."""
 
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}") from None
+        too_small = number <= minimum if above else number < minimum
+        if not math.isfinite(number) or too_small or (maximum is not None and number > maximum):
+            bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
+            raise argparse.ArgumentTypeError(f"expected {bound}{f' and at most {maximum:g}' if maximum else ''}")
+        return number
 
-def _split(value: str | None) -> tuple[str, ...]:
-    if not value:
-        return ()
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+    return parse
 
 
 def _bool(value: str) -> bool:
@@ -87,28 +55,24 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def _number(kind: type, minimum: float, maximum: float | None = None, *, above: bool = False):
-    """An argparse type: `kind` (int or float) at least `minimum` (or above it), at most `maximum`."""
-
-    def parse(value: str):
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}") from None
-        too_small = number <= minimum if above else number < minimum
-        if too_small or (maximum is not None and number > maximum):
-            bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
-            raise argparse.ArgumentTypeError(f"expected {bound}{f' and at most {maximum:g}' if maximum else ''}")
-        return number
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
 
     return parse
 
 
-_PORT = _number(int, 0, 65535)
-_COUNT = _number(int, 1)
-_RETRIES = _number(int, 0, 10)
-_SECONDS = _number(float, 0, above=True)
-_DELAY = _number(float, 0)
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _messages(value: str) -> tuple[str, ...]:
+    messages = tuple(part.strip() for part in value.split("|") if part.strip())
+    if not messages:
+        raise argparse.ArgumentTypeError("expected at least one message (separate them with '|')")
+    return messages
 
 
 def _pace(value: str) -> str:
@@ -122,115 +86,193 @@ def _pace(value: str) -> str:
     raise argparse.ArgumentTypeError("expected realtime, burst or an interval in milliseconds")
 
 
+def _networks(value: str) -> tuple[str, ...]:
+    networks = _comma_list(value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{network!r} is not an IP address or network") from None
+    return networks
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins = tuple(origin.rstrip("/") for origin in _comma_list(value))
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise argparse.ArgumentTypeError(f"{origin!r} is not an origin such as https://app.example.com")
+    return origins
+
+
+_PORT = _number(int, 0, 65535)
+_COUNT = _number(int, 1)
+_RETRIES = _number(int, 0, 10)
+_SECONDS = _number(float, 0, above=True)
+_DELAY = _number(float, 0)
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    env: str | tuple[str, ...] = (),
+    parse: Callable[[str], Any] = str,
+    flag: str | None = "",
+    secret: bool = False,
+) -> Any:
+    """One row of the table. `flag` "" derives `--name-like-this` from the field; None means environment only."""
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={"help": help, "env": (env,) if isinstance(env, str) else env, "parse": parse, "flag": flag},
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 for other machines)", env="HOST")
+    port: int = setting(8000, "port (0: one the OS picks)", env="PORT", parse=_PORT)
+    upstream: str | None = setting(
+        None,
+        "openai or offline (default: openai with a key or base URL)",
+        env="LLM_UPSTREAM",
+        parse=_choice("openai", "offline"),
+    )
+    base_url: str | None = setting(None, "OpenAI-compatible base URL", env=("OPENAI_BASE_URL", "LLM_BASE_URL"))
+    api_key: str | None = setting(
+        None, "the server's upstream key", env=("OPENAI_API_KEY", "LLM_API_KEY"), flag=None, secret=True
+    )
+    model: str = setting("gpt-4o-mini", "model used when a request names none", env="LLM_MODEL")
+    api_keys: tuple[str, ...] = setting(
+        (), "comma-separated keys clients must present", env="API_KEYS", parse=_comma_list, flag=None, secret=True
+    )
+    cors_origins: tuple[str, ...] = setting(
+        (), "browser origins allowed to call the API (comma-separated; * for any)", env="CORS_ORIGINS", parse=_origins
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "proxies whose X-Forwarded-For/-Proto are believed (IPs or networks)",
+        env="TRUSTED_PROXIES",
+        parse=_networks,
+    )
+    max_body_bytes: int = setting(1024 * 1024, "request body limit", env="MAX_BODY_BYTES", parse=_COUNT)
+    connect_timeout: float = setting(5.0, "seconds to connect to the upstream", env="CONNECT_TIMEOUT", parse=_SECONDS)
+    first_token_timeout: float = setting(
+        30.0, "seconds from a stream's request to its first chunk", env="FIRST_TOKEN_TIMEOUT", parse=_SECONDS
+    )
+    completion_timeout: float = setting(
+        120.0, "seconds for a whole stream:false completion", env="COMPLETION_TIMEOUT", parse=_SECONDS
+    )
+    read_timeout: float = setting(60.0, "seconds of silence allowed between chunks", env="READ_TIMEOUT", parse=_SECONDS)
+    upstream_retries: int = setting(
+        2, "retries before the first chunk (errors, 429, 5xx)", env="UPSTREAM_RETRIES", parse=_RETRIES
+    )
+    keepalive_seconds: float = setting(
+        5.0, "SSE comment interval while /rag waits for the first token (0: off)", env="KEEPALIVE_SECONDS", parse=_DELAY
+    )
+    shutdown_grace: float = setting(
+        10.0, "seconds streams get to finish on SIGTERM", env="SHUTDOWN_GRACE", parse=_DELAY
+    )
+    request_log_size: int = setting(1000, "records kept in memory", env="REQUEST_LOG_SIZE", parse=_COUNT)
+    log_user_text: str = setting(
+        "truncated",
+        "user text in the request log: full, truncated or none",
+        env="LOG_USER_TEXT",
+        parse=_choice("full", "truncated", "none"),
+    )
+    log_text_chars: int = setting(200, "characters kept when truncated", env="LOG_TEXT_CHARS", parse=_COUNT)
+    offline_word_delay: float = setting(
+        0.02, "seconds between the offline responder's words", env="OFFLINE_WORD_DELAY", parse=_DELAY
+    )
+    data_dir: str = setting("data", "where operator data lives (knowledge base, clips)", env="DATA_DIR")
+    knowledge_file: str | None = setting(
+        None, "the knowledge base file (default: DATA_DIR/knowledge.json)", env="KNOWLEDGE_FILE", flag="--knowledge"
+    )
+    max_documents: int = setting(20000, "most documents in the knowledge base", env="MAX_DOCUMENTS", parse=_COUNT)
+    max_document_chars: int = setting(100_000, "longest document", env="MAX_DOCUMENT_CHARS", parse=_COUNT)
+    rag_top_k: int = setting(3, "passages added to a RAG request", env="RAG_TOP_K", parse=_COUNT)
+    rag_min_score: float = setting(1.2, "minimum BM25 score of a passage", env="RAG_MIN_SCORE", parse=_DELAY)
+    rag_waiting_message: bool = setting(True, "send a waiting message first", env="RAG_WAITING_MESSAGE", parse=_bool)
+    waiting_messages: tuple[str, ...] = setting(
+        DEFAULT_WAITING_MESSAGES, "waiting messages, separated by '|'", env="RAG_WAITING_MESSAGES", parse=_messages
+    )
+    rag_template: str = setting(DEFAULT_RAG_TEMPLATE, "the knowledge system message; {passages}", env="RAG_TEMPLATE")
+    audio_dir: str | None = setting(None, "the audio library (default: DATA_DIR/audio)", env="AUDIO_DIR")
+    audio_pace: str = setting("realtime", "realtime, burst or an interval in ms", env="AUDIO_PACE", parse=_pace)
+    audio_max_bytes: int = setting(25 * 1024 * 1024, "largest upload", env="AUDIO_MAX_BYTES", parse=_COUNT)
+    audio_max_seconds: float = setting(120.0, "longest clip", env="AUDIO_MAX_SECONDS", parse=_SECONDS)
+    admin_token: str | None = setting(
+        None, "the dashboard's token (default: generated)", env="ADMIN_TOKEN", secret=True
+    )
+    cookie_secret: str | None = setting(
+        None, "signs the dashboard's cookie (default: generated)", env="COOKIE_SECRET", flag=None, secret=True
+    )
+
+    @property
+    def knowledge_path(self) -> str:
+        return self.knowledge_file or os.path.join(self.data_dir, "knowledge.json")
+
+    @property
+    def audio_path(self) -> str:
+        return self.audio_dir or os.path.join(self.data_dir, "audio")
+
+    def __post_init__(self) -> None:
+        if self.upstream is None:  # a key or a base URL means a real upstream
+            object.__setattr__(self, "upstream", "openai" if (self.api_key or self.base_url) else "offline")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(table_field: dataclasses.Field) -> str | None:
+    flag = table_field.metadata["flag"]
+    return "--" + table_field.name.replace("_", "-") if flag == "" else flag
+
+
+def _environment_value(environ: Mapping[str, str], names: Sequence[str]) -> tuple[str, str] | None:
+    for name in names:
+        value = environ.get(name)
+        if value not in (None, ""):
+            return name, value
+    return None
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    defaults = Settings()
     parser = argparse.ArgumentParser(
         prog="server.py",
         description="OpenAI-compatible streaming LLM server with RAG, audio replies and an admin dashboard.",
     )
-
-    def option(flag: str, *env_names: str, type=str, default=None, help: str = "", **kwargs) -> None:
-        raw = _env(environ, *env_names)
-        value = default if raw is None else raw
-        env_note = f" (env {'/'.join(env_names)})" if env_names else ""
-        parser.add_argument(flag, type=type, default=value, help=help + env_note, **kwargs)
-
-    option("--host", "HOST", default=defaults.host, help="address to listen on")
-    option("--port", "PORT", type=_PORT, default=defaults.port, help="port to listen on")
-    option("--upstream", "LLM_UPSTREAM", choices=("openai", "offline"), help="upstream mode")
-    option("--base-url", "OPENAI_BASE_URL", "LLM_BASE_URL", help="OpenAI-compatible base URL")
-    option("--model", "LLM_MODEL", default=defaults.model, help="model used when a request names none")
-    option(
-        "--max-body-bytes", "MAX_BODY_BYTES", type=_COUNT, default=defaults.max_body_bytes, help="request body limit"
-    )
-    option("--connect-timeout", "CONNECT_TIMEOUT", type=_SECONDS, default=defaults.connect_timeout, help="seconds")
-    option(
-        "--first-token-timeout",
-        "FIRST_TOKEN_TIMEOUT",
-        type=_SECONDS,
-        default=defaults.first_token_timeout,
-        help="seconds",
-    )
-    option(
-        "--read-timeout", "READ_TIMEOUT", type=_SECONDS, default=defaults.read_timeout, help="seconds between chunks"
-    )
-    option("--upstream-retries", "UPSTREAM_RETRIES", type=_RETRIES, default=defaults.upstream_retries, help="retries")
-    option(
-        "--keepalive-seconds",
-        "KEEPALIVE_SECONDS",
-        type=_DELAY,
-        default=defaults.keepalive_seconds,
-        help="SSE comment interval while /rag waits for the first token (0: off)",
-    )
-    option("--shutdown-grace", "SHUTDOWN_GRACE", type=_DELAY, default=defaults.shutdown_grace, help="seconds")
-    option("--request-log-size", "REQUEST_LOG_SIZE", type=_COUNT, default=defaults.request_log_size, help="records")
-    option(
-        "--offline-word-delay", "OFFLINE_WORD_DELAY", type=_DELAY, default=defaults.offline_word_delay, help="seconds"
-    )
-    option("--knowledge", "KNOWLEDGE_FILE", default=defaults.knowledge_file, help="knowledge base file")
-    option("--max-documents", "MAX_DOCUMENTS", type=_COUNT, default=defaults.max_documents, help="knowledge base size")
-    option(
-        "--max-document-chars",
-        "MAX_DOCUMENT_CHARS",
-        type=_COUNT,
-        default=defaults.max_document_chars,
-        help="per document",
-    )
-    option("--rag-top-k", "RAG_TOP_K", type=_COUNT, default=defaults.rag_top_k, help="passages injected")
-    option("--rag-min-score", "RAG_MIN_SCORE", type=_DELAY, default=defaults.rag_min_score, help="minimum BM25 score")
-    option(
-        "--rag-waiting-message",
-        "RAG_WAITING_MESSAGE",
-        type=_bool,
-        default=defaults.rag_waiting_message,
-        help="send a waiting message first",
-    )
-    option("--waiting-messages", "RAG_WAITING_MESSAGES", help="waiting messages, separated by '|'")
-    option("--rag-template", "RAG_TEMPLATE", default=defaults.rag_template, help="system message; {passages}")
-    option("--audio-dir", "AUDIO_DIR", default=defaults.audio_dir, help="audio library folder")
-    option("--audio-pace", "AUDIO_PACE", type=_pace, default=defaults.audio_pace, help="realtime, burst or ms")
-    option("--audio-max-bytes", "AUDIO_MAX_BYTES", type=_COUNT, default=defaults.audio_max_bytes, help="upload limit")
-    option("--audio-max-seconds", "AUDIO_MAX_SECONDS", type=_SECONDS, default=defaults.audio_max_seconds, help="limit")
-    option("--admin-token", "ADMIN_TOKEN", help="admin dashboard token (generated when unset)")
+    for table_field in dataclasses.fields(Settings):
+        flag = _flag(table_field)
+        if flag is None:
+            continue
+        names = table_field.metadata["env"]
+        found = _environment_value(environ, names)
+        parser.add_argument(
+            flag,
+            dest=table_field.name,
+            type=table_field.metadata["parse"],
+            default=found[1] if found else None,  # argparse checks a text default with `type`, as a flag
+            help=f"{table_field.metadata['help']} (env {'/'.join(names)})" if names else table_field.metadata["help"],
+        )
     return parser
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings for `python server.py`: flags, then environment variables, then defaults."""
     environ = os.environ if environ is None else environ
-    args = build_parser(environ).parse_args(argv)
-    api_key = _env(environ, "OPENAI_API_KEY", "LLM_API_KEY")
-    upstream = args.upstream or ("openai" if (api_key or args.base_url) else "offline")
-    waiting = tuple(m.strip() for m in (args.waiting_messages or "").split("|") if m.strip())
-    return Settings(
-        host=args.host,
-        port=args.port,
-        upstream=upstream,
-        base_url=args.base_url,
-        api_key=api_key,
-        model=args.model,
-        api_keys=_split(_env(environ, "API_KEYS")),
-        max_body_bytes=args.max_body_bytes,
-        connect_timeout=args.connect_timeout,
-        first_token_timeout=args.first_token_timeout,
-        read_timeout=args.read_timeout,
-        upstream_retries=args.upstream_retries,
-        shutdown_grace=args.shutdown_grace,
-        keepalive_seconds=args.keepalive_seconds,
-        request_log_size=args.request_log_size,
-        offline_word_delay=args.offline_word_delay,
-        knowledge_file=args.knowledge,
-        rag_top_k=args.rag_top_k,
-        rag_min_score=args.rag_min_score,
-        rag_waiting_message=args.rag_waiting_message,
-        waiting_messages=waiting or DEFAULT_WAITING_MESSAGES,
-        rag_template=args.rag_template,
-        max_documents=args.max_documents,
-        max_document_chars=args.max_document_chars,
-        audio_dir=args.audio_dir,
-        audio_pace=args.audio_pace,
-        audio_max_bytes=args.audio_max_bytes,
-        audio_max_seconds=args.audio_max_seconds,
-        admin_token=args.admin_token,
-        cookie_secret=_env(environ, "COOKIE_SECRET"),
-    )
+    parser = build_parser(environ)
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    for table_field in dataclasses.fields(Settings):
+        if table_field.name in args:
+            value = args[table_field.name]
+        else:
+            found = _environment_value(environ, table_field.metadata["env"])
+            try:
+                value = table_field.metadata["parse"](found[1]) if found else None
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"{found[0]}: {exc}")
+        if value is not None:
+            values[table_field.name] = value
+    return Settings(**values)

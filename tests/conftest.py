@@ -6,27 +6,46 @@ import asyncio
 import dataclasses
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import tornado.ioloop
 
-from llmserver.services import build_services
+from llmserver.services import SHIPPED_AUDIO, SHIPPED_KNOWLEDGE, build_services
 from llmserver.settings import Settings
 from server import make_app
 from tests.fake_upstream import FakeUpstream
 
 SERVER_KEY = "sk-server-key-for-tests"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED_KNOWLEDGE = os.path.join(ROOT, "knowledge.json")
-SHIPPED_AUDIO = os.path.join(ROOT, "audio")
+OPERATOR_DATA = os.path.join(ROOT, "data")  # the default DATA_DIR: the operator's, never the tests'
+__all__ = ["ROOT", "SHIPPED_AUDIO", "SHIPPED_KNOWLEDGE"]
 
 
 def files_in(folder: str | Path) -> dict[str, bytes]:
     """Every file of `folder` with its bytes (empty for a missing folder): to prove a refusal changed nothing."""
     folder = Path(folder)
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())} if folder.is_dir() else {}
+
+
+def _tree(folder: str) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time."""
+    found = {}
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            status = os.stat(os.path.join(directory, name))
+            found[os.path.join(directory, name)] = (status.st_size, status.st_mtime_ns)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def operator_data_untouched():
+    """Tests never read or write the operator's data (nor the shipped defaults, which are only ever copied)."""
+    watched = [OPERATOR_DATA, SHIPPED_AUDIO]
+    before = [_tree(folder) for folder in watched] + [os.stat(SHIPPED_KNOWLEDGE).st_mtime_ns]
+    yield
+    after = [_tree(folder) for folder in watched] + [os.stat(SHIPPED_KNOWLEDGE).st_mtime_ns]
+    assert after == before, "the tests changed the operator's data directory or the shipped defaults"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,17 +80,15 @@ def fake_upstream(io_loop):
 
 @pytest.fixture
 def settings(request, fake_upstream, tmp_path) -> Settings:
-    """Settings of the server under test: the fake upstream, and copies of the shipped knowledge base and audio."""
-    shutil.copy(SHIPPED_KNOWLEDGE, tmp_path / "knowledge.json")
-    shutil.copytree(SHIPPED_AUDIO, tmp_path / "audio")
+    """Settings of the server under test: the fake upstream, and a data directory of its own (which starts, as an
+    operator's does, from the shipped knowledge base and clip)."""
     base = Settings(
         upstream="openai",
         base_url=fake_upstream.base_url,
         api_key=SERVER_KEY,
         upstream_retries=0,
         offline_word_delay=0.0,
-        knowledge_file=str(tmp_path / "knowledge.json"),
-        audio_dir=str(tmp_path / "audio"),
+        data_dir=str(tmp_path / "data"),
     )
     marker = request.node.get_closest_marker("settings")
     return dataclasses.replace(base, **marker.kwargs) if marker else base

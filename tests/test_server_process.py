@@ -26,10 +26,8 @@ async def start_server(tmp_path, *args: str, **env: str) -> tuple[asyncio.subpro
         os.path.join(ROOT, "server.py"),
         "--port",
         "0",
-        "--knowledge",
-        str(tmp_path / "knowledge.json"),
-        "--audio-dir",
-        str(tmp_path / "audio"),
+        "--data-dir",
+        str(tmp_path / "data"),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -108,7 +106,9 @@ async def test_shutdown_grace_bounds_the_wait(tmp_path, io_loop):
 async def test_an_invalid_knowledge_base_stops_the_start_and_is_left_untouched(tmp_path, io_loop):
     broken = '{"documents": [{"id": "ok", "content": "fine"}, {"id": "ok", "content": "twice"}]}'
     (tmp_path / "knowledge.json").write_text(broken)
-    returncode, stdout, stderr = await run_until_exit("--port", "0", "--knowledge", str(tmp_path / "knowledge.json"))
+    returncode, stdout, stderr = await run_until_exit(
+        "--port", "0", "--data-dir", str(tmp_path / "data"), "--knowledge", str(tmp_path / "knowledge.json")
+    )
     assert returncode == 2 and b"listening" not in stdout
     message = stderr.decode()
     assert str(tmp_path / "knowledge.json") in message and "'ok' appears twice" in message
@@ -123,7 +123,7 @@ async def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path, io_loop)
     taken.listen()
     try:
         port = str(taken.getsockname()[1])
-        returncode, _, stderr = await run_until_exit("--port", port, "--knowledge", str(tmp_path / "knowledge.json"))
+        returncode, _, stderr = await run_until_exit("--port", port, "--data-dir", str(tmp_path / "data"))
     finally:
         taken.close()
     assert returncode == 2

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.audio_files import encode, tone
-from tests.conftest import ROOT, SHIPPED_AUDIO, SHIPPED_KNOWLEDGE
+from tests.conftest import ROOT
 
 ADMIN_TOKEN = "browser-test-admin-token"
 ARTIFACTS = Path(ROOT) / "tests" / "artifacts"
@@ -38,14 +38,7 @@ def server_process(folder: Path, port: int = 0) -> Iterator[str]:
     environment.update(
         ADMIN_TOKEN=ADMIN_TOKEN, COOKIE_SECRET="browser-tests", OFFLINE_WORD_DELAY="0", AUDIO_PACE="burst"
     )
-    arguments = [
-        "--port",
-        str(port),
-        "--knowledge",
-        str(folder / "knowledge.json"),
-        "--audio-dir",
-        str(folder / "audio"),
-    ]
+    arguments = ["--port", str(port), "--data-dir", str(folder / "data")]
     process = subprocess.Popen(
         [sys.executable, "server.py", *arguments],
         cwd=ROOT,
@@ -65,10 +58,7 @@ def server_process(folder: Path, port: int = 0) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("server")
-    shutil.copy(SHIPPED_KNOWLEDGE, folder / "knowledge.json")
-    shutil.copytree(SHIPPED_AUDIO, folder / "audio")
-    return folder
+    return tmp_path_factory.mktemp("server")
 
 
 @pytest.fixture(scope="module")
@@ -266,8 +256,6 @@ def test_dashboard_screenshot(page: Page, server_url: str):
 
 
 def test_the_page_reconnects_when_the_server_comes_back(browser: Browser, tmp_path):
-    shutil.copy(SHIPPED_KNOWLEDGE, tmp_path / "knowledge.json")
-    shutil.copytree(SHIPPED_AUDIO, tmp_path / "audio")
     context = browser.new_context()
     page = context.new_page()
     with server_process(tmp_path) as url:

@@ -16,7 +16,7 @@ ROUTES = [
     ("GET", "/admin/api/status"),
     ("GET", "/admin/api/knowledge"),
     ("POST", "/admin/api/knowledge"),
-    ("GET", "/admin/api/knowledge/search?q=agora"),
+    ("GET", "/admin/api/retrieval?q=agora"),
     ("GET", "/admin/api/knowledge.json"),
     ("PUT", "/admin/api/knowledge.json"),
     ("GET", "/admin/api/knowledge/connect-agora"),
@@ -32,7 +32,7 @@ CHANGES = [(m, p) for m, p in ROUTES if m != "GET"]
 
 
 def stored(settings) -> dict[str, bytes]:
-    return {"knowledge.json": Path(settings.knowledge_file).read_bytes(), **files_in(settings.audio_dir)}
+    return {"knowledge.json": Path(settings.knowledge_path).read_bytes(), **files_in(settings.audio_path)}
 
 
 @pytest.mark.parametrize("method,path", ROUTES)
@@ -80,16 +80,18 @@ async def test_the_xsrf_token_must_come_in_the_header(http_server, base_url, ser
 
 
 @pytest.mark.gen_test
-async def test_documents_named_like_the_fixed_routes_can_be_changed(http_server, base_url, services):
+async def test_documents_named_like_the_fixed_routes_can_be_read_and_changed(http_server, base_url, services):
     admin = bearer(base_url, services.admin_token)
-    for doc_id in ("search", "file"):
+    for doc_id in ("search", "file", "retrieval"):
         assert (await admin.fetch("POST", "/admin/api/knowledge", {"id": doc_id, "content": "odd name"})).code == 201
+        read = await admin.fetch("GET", f"/admin/api/knowledge/{doc_id}")
+        assert read.code == 200 and json.loads(read.body)["content"] == "odd name"
         version = services.knowledge_base.version
         update = {"content": "changed", "version": version}
         assert (await admin.fetch("PUT", f"/admin/api/knowledge/{doc_id}", update)).code == 200
         assert services.knowledge_base.get(doc_id)["content"] == "changed"
         assert (await admin.fetch("DELETE", f"/admin/api/knowledge/{doc_id}")).code == 204
-    search = "/admin/api/knowledge/search?q=How+do+I+connect+this+server+to+Agora"
+    search = "/admin/api/retrieval?q=How+do+I+connect+this+server+to+Agora"
     hits = json.loads((await admin.fetch("GET", search)).body)["hits"]
     assert hits[0]["id"] == "connect-agora"
 
@@ -132,12 +134,12 @@ async def test_knowledge_crud_with_versions_and_conflicts(http_server, base_url,
     assert conflict.code == 409 and "changed" in json.loads(conflict.body)["error"]["message"]
     assert services.knowledge_base.get("hours")["content"] == "9 to 6 now."
 
-    hits = json.loads((await admin.fetch("GET", "/admin/api/knowledge/search?q=when+are+the+opening+hours&k=2")).body)
+    hits = json.loads((await admin.fetch("GET", "/admin/api/retrieval?q=when+are+the+opening+hours&k=2")).body)
     assert hits["hits"][0]["id"] == "hours" and hits["hits"][0]["score"] > 0 and len(hits["hits"]) <= 2
 
     assert (await admin.fetch("DELETE", "/admin/api/knowledge/hours")).code == 204
     assert (await admin.fetch("GET", "/admin/api/knowledge/hours")).code == 404
-    saved = json.loads(Path(settings.knowledge_file).read_text())
+    saved = json.loads(Path(settings.knowledge_path).read_text())
     assert "hours" not in [d["id"] for d in saved["documents"]]
 
 
@@ -172,8 +174,8 @@ BAD_KNOWLEDGE = [
         400,
     ),
     ("PUT", "/admin/api/knowledge.json", b'{"documents": "none"}', 400),
-    ("GET", "/admin/api/knowledge/search?q=x&k=0", None, 400),
-    ("GET", "/admin/api/knowledge/search?q=x&k=many", None, 400),
+    ("GET", "/admin/api/retrieval?q=x&k=0", None, 400),
+    ("GET", "/admin/api/retrieval?q=x&k=many", None, 400),
 ]
 
 
@@ -287,8 +289,9 @@ async def test_bad_uploads_are_refused_and_change_nothing(
         ("DELETE", "/admin/api/audio/nope", 404),
         ("POST", "/admin/api/audio/nope/activate", 404),
         ("GET", "/admin/api/audio/nope.wav", 404),
-        ("DELETE", "/admin/api/audio/..", 404),
-        ("GET", "/admin/api/audio/.hidden.wav", 404),
+        ("DELETE", "/admin/api/audio/..", 400),
+        ("GET", "/admin/api/audio/.hidden.wav", 400),
+        ("DELETE", "/admin/api/audio/%2e%2e%2fescape", 400),
     ],
 )
 @pytest.mark.gen_test

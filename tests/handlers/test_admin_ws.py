@@ -65,9 +65,8 @@ async def test_recent_records_on_connect_then_live_ones(http_server, base_url, s
     assert live["type"] == "record"
     record = live["record"]
     assert record["endpoint"] == "rag" and record["last_user_message"] == "<script>x</script>"
-    assert {"request_id", "started_at", "model", "outcome", "first_chunk_ms", "total_ms", "chunks", "details"} <= set(
-        record
-    )
+    fields = {"request_id", "started_at", "model", "outcome", "first_chunk_ms", "total_ms", "chunks", "retrieval"}
+    assert fields <= set(record)
     connection.close()
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from llmserver.audio import CHUNK_BYTES, SIMULATED_TRANSCRIPT
+from llmserver.audio.codec import CHUNK_PATTERN, SIMULATED_TRANSCRIPT, chunk_pcm
 from tests.audio_files import encode, tone
 from tests.client import RawClient, json_of, post, stream
 
@@ -32,8 +32,10 @@ async def test_stream_round_trips_the_clip_exactly(http_server, base_url, servic
     chunks = result.chunks
     audio_id, transcript, data = audio_of(chunks)
     assert b"".join(data) == clip.pcm
-    assert all(len(piece) == CHUNK_BYTES for piece in data[:-1]) and 0 < len(data[-1]) <= CHUNK_BYTES
-    assert len(data) == -(-len(clip.pcm) // CHUNK_BYTES)
+    # 40 ms on average, each a multiple of 6 bytes: whole samples, and base64 without padding inside the stream.
+    assert [len(piece) for piece in data] == [len(piece) for piece in chunk_pcm(clip.pcm)]
+    assert all(len(piece) % 6 == 0 and len(piece) in CHUNK_PATTERN for piece in data[:-1])
+    assert sum(CHUNK_PATTERN) == 3 * 1280 and 0 < len(data[-1]) < max(CHUNK_PATTERN) + 6
     assert transcript == clip.transcript and audio_id.startswith("audio_")
     first_delta = chunks[0]["choices"][0]["delta"]
     assert first_delta["role"] == "assistant" and "data" not in first_delta["audio"]
@@ -48,7 +50,7 @@ async def test_stream_round_trips_the_clip_exactly(http_server, base_url, servic
     assert result.events[-1] == "[DONE]"
     record = services.request_log.recent()[-1]
     assert record["endpoint"] == "audio" and record["chunks"] == len(chunks)
-    assert record["details"]["audio"] == {"clip": "file", "duration": round(clip.duration, 3), "simulated": False}
+    assert record["audio"] == {"clip": "file", "duration": round(clip.duration, 3), "simulated": False}
 
 
 @pytest.mark.gen_test
@@ -123,7 +125,7 @@ async def test_a_disconnect_stops_sending_at_once(http_server, base_url, service
         await asyncio.sleep(0.005)
     record = services.request_log.recent()[-1]
     assert record["outcome"] == "cancelled"
-    total = -(-len(services.audio_library.active_clip().pcm) // CHUNK_BYTES)
+    total = len(chunk_pcm(services.audio_library.active_clip().pcm))
     assert record["chunks"] < 10 < total  # stopped within the head start, not after the whole clip
     assert record["total_ms"] < 1000 * services.audio_library.active_clip().duration
 
@@ -157,7 +159,7 @@ async def test_with_no_clip_a_simulated_reply_is_streamed_and_logged(http_server
     result = await stream(base_url, "/audio/chat/completions", ASK)
     _, transcript, data = audio_of(result.chunks)
     assert transcript == SIMULATED_TRANSCRIPT and len(b"".join(data)) == 32000
-    assert services.request_log.recent()[-1]["details"]["audio"] == {"clip": None, "duration": 1.0, "simulated": True}
+    assert services.request_log.recent()[-1]["audio"] == {"clip": None, "duration": 1.0, "simulated": True}
 
 
 @pytest.mark.settings(api_key=None, audio_pace="burst")
@@ -165,7 +167,7 @@ async def test_with_no_clip_a_simulated_reply_is_streamed_and_logged(http_server
 async def test_no_upstream_key_is_needed_but_api_keys_still_apply(http_server, base_url, services):
     result = await stream(base_url, "/audio/chat/completions", ASK)
     assert result.response.code == 200
-    services.settings.api_keys = ("client-key",)
+    services.settings = services.settings.replace(api_keys=("client-key",))
     refused = await post(base_url, "/audio/chat/completions", ASK)
     assert refused.code == 401 and json_of(refused)["error"]["code"] == "invalid_api_key"
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from llmserver.rag import WAITING_MESSAGE_ID
+from llmserver.knowledge.context import WAITING_MESSAGE_ID
 from llmserver.settings import DEFAULT_WAITING_MESSAGES
 from tests.client import RawClient, json_of, post, stream
 
@@ -23,7 +23,9 @@ async def test_waiting_message_comes_first_then_the_upstream_stream(http_server,
     assert waiting["id"] == WAITING_MESSAGE_ID and waiting["object"] == "chat.completion.chunk"
     assert waiting["model"] == "m" and isinstance(waiting["created"], int)
     choice = waiting["choices"][0]
-    assert choice["delta"]["role"] == "assistant" and choice["delta"]["content"] in DEFAULT_WAITING_MESSAGES
+    assert choice["delta"]["role"] == "assistant" and choice["delta"]["content"].rstrip() in DEFAULT_WAITING_MESSAGES
+    # It ends in a space, so that clients joining the text do not run it into the answer ("...find out...From").
+    assert choice["delta"]["content"].endswith(" ")
     assert choice["finish_reason"] is None and choice["logprobs"] is None and choice["index"] == 0
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in rest).startswith("word0")
     assert result.events[-1] == "[DONE]"
@@ -49,10 +51,12 @@ async def test_waiting_message_leaves_before_the_upstream_is_called(http_server,
 
 @pytest.mark.settings(upstream_retries=2)
 @pytest.mark.gen_test
-async def test_no_retries_once_the_waiting_message_has_been_sent(http_server, base_url, fake_upstream):
+async def test_failures_before_the_first_upstream_chunk_are_retried_after_the_waiting_message(
+    http_server, base_url, fake_upstream
+):
     fake_upstream.behaviour.status = 503
     result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
-    assert len(fake_upstream.requests) == 1
+    assert len(fake_upstream.requests) == 3  # the waiting message is ours: the upstream's answer had not begun
     waiting, error, done = result.events
     assert waiting["id"] == WAITING_MESSAGE_ID and error["error"]["code"] == "upstream_error" and done == "[DONE]"
 
@@ -91,7 +95,7 @@ async def test_no_hits_leaves_the_request_unchanged_and_the_log_says_so(http_ser
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     await stream(base_url, "/rag/chat/completions", {"messages": messages})
     assert fake_upstream.last.body["messages"] == messages
-    retrieval = services.request_log.recent()[-1]["details"]["retrieval"]
+    retrieval = services.request_log.recent()[-1]["retrieval"]
     assert retrieval["hits"] == [] and retrieval["query"] == "What is the weather in Paris?"
 
 
@@ -100,7 +104,7 @@ async def test_the_log_records_hits_with_scores_and_time(http_server, base_url, 
     await stream(base_url, "/v1/rag/chat/completions", {"messages": [QUESTION]})
     record = services.request_log.recent()[-1]
     assert record["endpoint"] == "rag" and record["outcome"] == "ok"
-    retrieval = record["details"]["retrieval"]
+    retrieval = record["retrieval"]
     assert retrieval["hits"][0]["id"] == "connect-agora" and retrieval["hits"][0]["score"] > 0
     assert retrieval["ms"] >= 0 and len(retrieval["hits"]) <= 3
 
@@ -140,7 +144,7 @@ async def test_waiting_message_can_be_turned_off(http_server, base_url):
 @pytest.mark.gen_test
 async def test_waiting_messages_and_template_are_configurable(http_server, base_url, fake_upstream):
     result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
-    assert result.chunks[0]["choices"][0]["delta"]["content"] == "Hold on."
+    assert result.chunks[0]["choices"][0]["delta"]["content"] == "Hold on. "
     context = fake_upstream.last.body["messages"][0]["content"]
     assert context.startswith("KNOWLEDGE:\n[1] Connecting Agora") and context.endswith("END")
 
@@ -150,7 +154,7 @@ async def test_waiting_messages_and_template_are_configurable(http_server, base_
 async def test_offline_answers_from_the_best_passage_naming_its_title(http_server, base_url):
     result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})
     assert result.chunks[0]["id"] == WAITING_MESSAGE_ID
-    assert result.text.split("...", 1)[-1].startswith("From the knowledge base, \"Connecting Agora's")
+    assert result.text.split("... ", 1)[-1].startswith("From the knowledge base, \"Connecting Agora's")
     assert "vendor to custom" in result.text
     chinese = await stream(
         base_url, "/rag/chat/completions", {"messages": [{"role": "user", "content": "怎么编辑知识库？"}]}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmserver.retrieval import BM25Index, tokenize
+from llmserver.knowledge.lexical import BM25Index, tokenize
 
 
 def test_english_is_lowercased_stemmed_and_stopwords_dropped():

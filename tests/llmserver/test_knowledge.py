@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmserver.knowledge import DocumentNotFound, EditConflict, KnowledgeBase, KnowledgeError
+from llmserver.knowledge.store import DocumentNotFound, EditConflict, KnowledgeBase, KnowledgeError
 from tests.conftest import SHIPPED_KNOWLEDGE
 
 RETRIEVAL_TABLE = [

@@ -15,9 +15,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ServiceError
-from .files import write_atomically
-from .retrieval import BM25Index, tokenize
+from ..files import remove_stale_temporaries, write_atomically
+from ..protocol.errors import ServiceError
+from ..protocol.json_body import InvalidJson, parse_json
+from .lexical import BM25Index, tokenize
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _FIELDS = {"id", "title", "content", "tags", "enabled"}
@@ -112,19 +113,26 @@ class KnowledgeBase:
     # Loading and saving -------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str, **limits: int) -> KnowledgeBase:
-        """Reads `path`; a missing file is an empty knowledge base. Raises KnowledgeError for an invalid one."""
+    def load(cls, path: str, *, seed: str | None = None, **limits: int) -> KnowledgeBase:
+        """Reads `path`. A missing file starts as a copy of `seed` (the shipped knowledge base), or empty.
+        Raises KnowledgeError for an invalid file."""
         base = cls(path, **limits)
-        if not os.path.exists(path):
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+        source = path if os.path.exists(path) else seed
+        if source is None or not os.path.exists(source):
             return base
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, ValueError) as exc:
-            raise KnowledgeError(f"{path}: not valid JSON ({exc}).") from None
-        base._replace_all(base.parse_file_data(data, where=path))
+            with open(source, "rb") as handle:
+                data = parse_json(handle.read(), what=source)
+        except OSError as exc:
+            raise KnowledgeError(f"{source}: cannot be read ({exc.strerror}).") from None
+        except InvalidJson as exc:
+            raise KnowledgeError(str(exc)) from None
+        base._replace_all(base.parse_file_data(data, where=source))
         if isinstance(data.get("version"), int) and data["version"] > 0:
             base.version = data["version"]
+        if source != path:
+            base._commit(base._documents, [])  # the operator's own copy, from now on
         return base
 
     def parse_file_data(self, data: Any, where: str = "knowledge base") -> list[dict[str, Any]]:

@@ -22,6 +22,17 @@ def error_type_for_status(status: int) -> str:
     return _TYPE_FOR_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
+class ServiceError(ValueError):
+    """A service's refusal (bad input, a missing item, a conflict): a message for the user, the field it concerns,
+    the HTTP status that says it, and a machine-readable code. Services raise it; handlers show it as an ApiError."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 400, code: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+        self.code = code
+
+
 class ApiError(Exception):
     """An error meant for the client: its message is safe to show, its status is the HTTP status."""
 
@@ -33,6 +44,7 @@ class ApiError(Exception):
         type: str | None = None,
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -40,18 +52,23 @@ class ApiError(Exception):
         self.type = type or error_type_for_status(status)
         self.param = param
         self.code = code
+        self.headers = headers or {}
+
+    @classmethod
+    def from_service(cls, error: ServiceError) -> ApiError:
+        return cls(error.status, str(error), param=error.field, code=error.code)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
 
 
-class ServiceError(ValueError):
-    """A service's refusal (knowledge base, audio library): a message for the user, the field, an HTTP status."""
-
-    def __init__(self, message: str, *, field: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.status = status
+def as_api_error(exc: BaseException) -> ApiError | None:
+    """The client-facing form of an expected refusal, or None for anything else (a bug: logged, shown as 500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ServiceError):
+        return ApiError.from_service(exc)
+    return None
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -8,9 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from llmserver.audio import BYTES_PER_SECOND, SIMULATED_TRANSCRIPT, AudioError, AudioLibrary, simulated_clip
+from llmserver.audio.codec import BYTES_PER_SECOND, SIMULATED_TRANSCRIPT, AudioError
+from llmserver.audio.library import MANIFEST, AudioLibrary, simulated_clip
 from tests.audio_files import dominant_frequency, encode, tone
 from tests.conftest import SHIPPED_AUDIO, files_in
+from tests.crash import crash_at_every_step
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def library(tmp_path) -> AudioLibrary:
 
 
 def test_the_shipped_clip_is_real_speech_named_file(tmp_path):
-    library = AudioLibrary(SHIPPED_AUDIO)
+    library = AudioLibrary(str(tmp_path / "audio"), seed_folder=SHIPPED_AUDIO)
     assert library.active_name() == "file"
     clip = library.get("file")
     assert 2 < clip.duration < 15 and len(clip.pcm) % 2 == 0
@@ -91,12 +93,12 @@ def test_refusals_write_nothing(library, name, data, transcript, options, field,
     assert not os.path.exists(os.path.join(os.path.dirname(library.folder), "escape.pcm"))
 
 
-def test_the_active_clip_defaults_to_file_then_the_first_by_name(library):
+def test_the_first_clip_becomes_active_and_the_active_clip_changes_only_when_asked(library):
     assert library.active_name() is None and library.active_clip() is None
     library.add("zeta", encode(tone(0.5, 16000), 16000), "Zeta.")
     library.add("alpha", encode(tone(0.5, 16000), 16000), "Alpha.")
-    assert library.active_name() == "alpha"
-    library.add("file", encode(tone(0.5, 16000), 16000), "File.")
+    assert library.active_name() == "zeta"
+    library.add("file", encode(tone(0.5, 16000), 16000), "File.", activate=True)
     assert library.active_name() == "file"
     library.activate("zeta")
     assert library.active_clip().transcript == "Zeta."
@@ -125,12 +127,64 @@ def test_a_clip_already_read_keeps_its_bytes_when_replaced_or_deleted(library):
     assert playing.pcm == first_bytes and playing.chunks_base64
 
 
-def test_clips_changed_on_disk_are_read_again(library, tmp_path):
-    library.add("clip", encode(tone(1, 16000), 16000), "Before.")
-    assert library.get("clip").transcript == "Before."
-    with open(os.path.join(library.folder, "clip.txt"), "w") as handle:
-        handle.write("After, edited by hand.\n")
-    assert library.get("clip").transcript == "After, edited by hand."
+def test_a_reopened_library_is_the_same_and_holds_no_stray_files(library):
+    library.add("one", encode(tone(1, 16000, frequency=300), 16000), "One.")
+    library.add("two", encode(tone(1, 16000, frequency=600), 16000), "Two.", activate=True)
+    library.add("one", encode(tone(1, 16000, frequency=900), 16000), "One, again.")
+    library.delete("two")
+    again = AudioLibrary(library.folder)
+    assert again.list() == library.list() and again.get("one").pcm == library.get("one").pcm
+    # One manifest and one audio file per clip: replaced and deleted audio is gone.
+    assert sorted(os.listdir(library.folder)) == sorted(
+        [MANIFEST, *(e.audio_file for e in again._state.clips.values())]
+    )
+
+
+def test_the_older_layout_is_imported(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    pcm = (np.arange(3200) % 50).astype("<i2").tobytes()
+    (folder / "greeting.pcm").write_bytes(pcm)
+    (folder / "greeting.txt").write_text("Hello there.\n")
+    (folder / "other.pcm").write_bytes(pcm[:640])
+    (folder / "other.txt").write_text("Other.")
+    (folder / "active.json").write_text('{"active": "other"}')
+    library = AudioLibrary(str(folder), seed_folder=SHIPPED_AUDIO)
+    assert library.names() == ["greeting", "other"] and library.active_name() == "other"
+    assert library.get("greeting").pcm == pcm and library.get("greeting").transcript == "Hello there."
+
+
+REPLACE_CLIP = """
+library.add("voice", bytes(range(200)) * 64, "The second version.", raw_pcm=True)
+"""
+DELETE_CLIP = """
+library.delete("voice")
+"""
+
+
+@pytest.mark.parametrize("change", [REPLACE_CLIP, DELETE_CLIP], ids=["replace", "delete"])
+def test_a_crash_at_any_step_leaves_the_old_clip_or_the_new_never_a_mix(tmp_path, change):
+    """Kills the process (os._exit) at each file-system step of a change in turn: whatever step it dies at, the
+    reopened library pairs each transcript with its own audio, and holds no stray files."""
+    folder = tmp_path / "audio"
+    first = (np.arange(8000) % 300).astype("<i2").tobytes()
+    AudioLibrary(str(folder)).add("voice", first, "The first version.", raw_pcm=True)
+    pristine = files_in(folder)
+    outcomes = set()
+    for crashed in crash_at_every_step(f"library = AudioLibrary({str(folder)!r})", change, folder, pristine):
+        library = AudioLibrary(str(folder))
+        names = library.names()
+        if "voice" in names:
+            clip = library.get("voice")
+            state = (clip.transcript, clip.pcm)
+            assert state in {("The first version.", first), ("The second version.", bytes(range(200)) * 64)}
+            outcomes.add(state[0])
+        else:
+            outcomes.add("deleted")
+        assert not [entry for entry in os.listdir(folder) if entry.startswith(".tmp-")]
+        expected = {MANIFEST, *(e.audio_file for e in library._state.clips.values())}
+        assert set(os.listdir(folder)) == expected, f"stray files after a crash at step {crashed}"
+    assert len(outcomes) == 2  # some crashes came before the commit, some after
 
 
 def test_wav_export_round_trips(library, tmp_path):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ApiError
+from .json_body import parse_json
 
 # Fields the Agora engine adds (vendor "custom"); OpenAI rejects unknown fields, so they never go upstream.
 ENGINE_TOP_LEVEL_FIELDS = ("context", "turn_id", "timestamp", "interruptable")
@@ -65,15 +66,24 @@ class ChatRequest:
 
     @property
     def include_usage(self) -> bool:
-        options = self.body.get("stream_options") or {}
-        return bool(options.get("include_usage"))
+        return include_usage(self.body)
 
     def last_user_text(self) -> str:
-        """The text of the last user message; the text parts of multi-part content are joined."""
-        for message in reversed(self.messages):
-            if message.get("role") == "user":
-                return message_text(message)
-        return ""
+        return last_user_text(self.messages)
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    """Whether the client asked for the usage chunk (`stream_options.include_usage`)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def last_user_text(messages: Sequence[Any]) -> str:
+    """The text of the last user message; the text parts of multi-part content are joined."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message_text(message)
+    return ""
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -94,11 +104,8 @@ def _is_type(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
-    """Validates `raw` (the HTTP body); raises ApiError(400) naming the offending field."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    """Validates `raw` (the HTTP body); raises ApiError or InvalidJson (400) naming the offending field."""
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_body")
 

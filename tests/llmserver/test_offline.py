@@ -20,7 +20,7 @@ async def test_offline_streams_a_deterministic_reply_word_by_word(http_server, b
     assert len(chunks) > 10 and {c["id"] for c in chunks} == {chunks[0]["id"]}
     assert {c["created"] for c in chunks} == {chunks[0]["created"]}
     for chunk in chunks[:-1]:
-        assert chunk["object"] == "chat.completion.chunk" and chunk["model"] == "offline"
+        assert chunk["object"] == "chat.completion.chunk" and chunk["model"] == "gpt-4o-mini"  # the one asked for
         assert set(chunk["choices"][0]) == {"index", "delta", "logprobs", "finish_reason"}
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0

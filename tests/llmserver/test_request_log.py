@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from llmserver.request_log import RequestLog
+from llmserver.request_log import RequestLog, RetrievalDetails, RetrievalHit
 
 
 def finish(log: RequestLog, request_id: str, **fields) -> dict:
@@ -64,8 +64,8 @@ def test_one_log_line_per_record_with_the_details(caplog):
             "r1",
             model="m",
             turn_id=7,
-            last_user_message=log.truncate("a rather long question"),
-            details={"retrieval": {"query": "q", "hits": [{"id": "doc", "score": 2.5}], "ms": 0.1}},
+            last_user_message=log.text("a rather long question"),
+            retrieval=RetrievalDetails("q", [RetrievalHit("doc", 2.5)], 0.1),
         )
     (line,) = [r.getMessage() for r in caplog.records if r.name == "llmserver.requests"]
     assert line.startswith("r1 chat model=m status=200 outcome=ok")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llmserver.sse import DONE, SSELineReader, encode_comment, encode_json_event, encode_spliced_events
+from llmserver.protocol.sse import DONE, SSELineReader, encode_comment, encode_json_event, encode_spliced_events
 
 STREAM = (
     b": a comment\n\n"

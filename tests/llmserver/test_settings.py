@@ -67,7 +67,7 @@ def test_keys_are_not_in_the_repr():
 
 
 def test_credentials_in_the_base_url_are_never_shown():
-    from llmserver.upstream import redact_url
+    from llmserver.upstream.openai_upstream import redact_url
 
     assert redact_url("https://user:secret@llm.example:8443/v1") == "https://llm.example:8443/v1"
     assert redact_url("http://127.0.0.1:11434/v1") == "http://127.0.0.1:11434/v1"

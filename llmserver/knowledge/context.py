@@ -1,0 +1,61 @@
+"""What the RAG endpoint adds to a request: the waiting message first, then the retrieved passages as one system
+message. The passages' format is defined here, and read back here for the offline responder."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol.chunks import ChunkFactory
+
+WAITING_MESSAGE_ID = "waiting_msg"
+_HEADER = re.compile(r"^\[(\d+)\] (.*) \(([A-Za-z0-9_-]+(?:#\d+)?)\)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ContextPassage:
+    """A passage as the model reads it: where it comes from and its text."""
+
+    source: str  # the document id, and the passage within it: "hours#2"
+    title: str
+    text: str
+
+
+def waiting_chunk(model: str, messages: Sequence[str]) -> dict[str, Any]:
+    """The chunk sent before any retrieval, so the person on the call hears something at once. It ends in a space:
+    clients that join the stream's text would otherwise run it into the answer ("...find out...From")."""
+    message = random.choice(messages).rstrip() + " "
+    return ChunkFactory(model, WAITING_MESSAGE_ID).chunk({"role": "assistant", "content": message})
+
+
+def format_passages(passages: Sequence[ContextPassage]) -> str:
+    return "\n\n".join(f"[{n}] {p.title or p.source} ({p.source})\n{p.text}" for n, p in enumerate(passages, 1))
+
+
+def parse_passages(text: str) -> list[ContextPassage]:
+    """The passages of a knowledge message made by format_passages (the offline responder reads its prompt)."""
+    headers = list(_HEADER.finditer(text))
+    passages = []
+    for header, following in zip(headers, [*headers[1:], None], strict=True):
+        end = following.start() if following else len(text)
+        passages.append(ContextPassage(header.group(3), header.group(2), text[header.end() : end].strip()))
+    return passages
+
+
+def augment(body: dict[str, Any], passages: Sequence[ContextPassage], template: str) -> dict[str, Any]:
+    """A copy of `body` with one system message holding the passages, after the request's own system messages.
+
+    The user's messages are not changed; with no passages the body is returned as it is.
+    """
+    if not passages:
+        return body
+    context = {"role": "system", "content": template.replace("{passages}", format_passages(passages))}
+    messages = list(body["messages"])
+    position = 0
+    while position < len(messages) and messages[position].get("role") in ("system", "developer"):
+        position += 1
+    messages.insert(position, context)
+    return {**body, "messages": messages}

@@ -1,0 +1,269 @@
+"""The upstream LLM through the official openai SDK (AsyncOpenAI on its aiohttp transport).
+
+Streams are relayed as the upstream's own bytes (one SSE payload per chunk): each chunk is parsed once, to check
+it and to let the relay read it, but never serialised again. The SDK makes no retries of its own: the relay
+retries, because only it knows whether a byte of the response has reached the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import httpx2
+import openai
+
+from ..protocol.chat_request import include_usage
+from ..protocol.chunks import completion_as_chunks
+from ..protocol.sse import SSELineReader, dumps
+from ..settings import Settings
+from .protocol import UpstreamChunk, UpstreamError
+
+logger = logging.getLogger("llmserver.upstream")
+
+# Statuses whose meaning the client can act on are passed on; other upstream 4xx too; 5xx become 502.
+_KEPT_STATUSES = {400, 401, 403, 404, 409, 413, 422, 429}
+_RETRYABLE_STATUSES = {408, 409, 429}  # and every 5xx, as the SDK's own policy has it
+_DRAIN_SECONDS = 1.0
+_MAX_RETRY_AFTER = 60.0
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 16:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
+
+
+def _stale_connection(exc: BaseException) -> bool:
+    """True when the connection closed or was reset before any response: a kept-alive connection the upstream
+    (or a proxy before it) had closed meanwhile. The aiohttp transport reports it as a connect timeout."""
+    return any(
+        isinstance(cause, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError))
+        for cause in _causes(exc)
+    )
+
+
+def _refused(exc: BaseException) -> bool:
+    return any(isinstance(cause, OSError) and not isinstance(cause, TimeoutError) for cause in _causes(exc))
+
+
+def _retry_after(response: httpx2.Response | None) -> float | None:
+    if response is None:
+        return None
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            value = float(response.headers.get(header, "")) * scale
+        except ValueError:
+            continue
+        if 0 <= value <= _MAX_RETRY_AFTER:
+            return value
+    return None
+
+
+def upstream_error(exc: openai.APIError) -> UpstreamError:
+    """Turns an SDK exception into the error the client sees: the upstream's status and message where useful.
+    What the SDK or the transport said goes to the log, not to the client."""
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        body = exc.body if isinstance(exc.body, dict) else {}
+        message = body.get("message") if isinstance(body.get("message"), str) else None
+        message = message or f"The upstream LLM answered HTTP {status}."
+        retryable = status in _RETRYABLE_STATUSES or status >= 500
+        retry_after = _retry_after(exc.response)
+        if status in _KEPT_STATUSES:
+            return UpstreamError(
+                status,
+                message,
+                type=body.get("type") if isinstance(body.get("type"), str) else None,
+                param=body.get("param") if isinstance(body.get("param"), str) else None,
+                code=str(body["code"]) if body.get("code") is not None else "upstream_error",
+                retryable=retryable,
+                retry_after=retry_after,
+            )
+        return UpstreamError(
+            502,
+            f"Upstream error (HTTP {status}): {message}",
+            code="upstream_error",
+            retryable=retryable,
+            retry_after=retry_after,
+        )
+    logger.warning("upstream call failed: %r", _causes(exc)[-1])
+    if _stale_connection(exc):
+        return UpstreamError(
+            502,
+            "The upstream LLM closed the connection before answering.",
+            code="upstream_unreachable",
+            retryable=True,
+            stale_connection=True,
+        )
+    if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
+        return UpstreamError(504, "The upstream LLM timed out.", code="upstream_timeout", retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamError(502, "The upstream LLM could not be reached.", code="upstream_unreachable", retryable=True)
+    return UpstreamError(502, "The upstream LLM call failed.", code="upstream_error")
+
+
+def parse_chunk(payload: bytes) -> dict[str, Any]:
+    """One streamed payload as a JSON object; an error event or anything that is not a chunk is an UpstreamError."""
+    try:
+        chunk = json.loads(payload)
+    except ValueError:
+        raise UpstreamError(502, "The upstream sent a chunk that is not JSON.", code="upstream_bad_chunk") from None
+    if not isinstance(chunk, dict):
+        raise UpstreamError(502, "The upstream sent a chunk that is not a JSON object.", code="upstream_bad_chunk")
+    if "error" in chunk:
+        raise stream_error_event(chunk["error"])
+    return chunk
+
+
+def stream_error_event(error: Any) -> UpstreamError:
+    """An `{"error": ...}` event in the upstream's stream: its message, as the upstream gave it."""
+    if not isinstance(error, dict):
+        return UpstreamError(502, "The upstream reported an error.", code="upstream_error")
+    message = error.get("message") if isinstance(error.get("message"), str) else "The upstream reported an error."
+    code = error.get("code")
+    return UpstreamError(
+        502,
+        message,
+        type=error.get("type") if isinstance(error.get("type"), str) else "server_error",
+        code=str(code) if code is not None else "upstream_error",
+    )
+
+
+async def _drain_and_close(received: AsyncIterator[bytes], response: httpx2.Response) -> None:
+    """Reads what follows [DONE] (the end of the chunked body) so the connection goes back to the pool.
+
+    Closing a response that is not fully read closes its connection, and a new TCP connection per request
+    costs more than the whole relay. It runs after the client has its [DONE]; an upstream that keeps the body
+    open after [DONE] gets a second, then its connection is closed.
+    """
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in received:
+                pass
+    except Exception:  # the client has its answer; whatever the rest of the body does, only close it
+        pass
+    finally:
+        await response.aclose()
+
+
+def redact_url(url: str) -> str:
+    """The URL without user and password, for logs and the dashboard."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class OpenAIUpstream:
+    mode = "openai"
+
+    def __init__(self, settings: Settings) -> None:
+        base_url = settings.base_url or "https://api.openai.com/v1"
+        self.base_url = redact_url(base_url)  # what is shown; the client keeps any credentials in the URL
+        self._has_own_key = bool(settings.api_key)
+        self._draining: set[asyncio.Task] = set()
+        self._client = openai.AsyncOpenAI(
+            # Without a key of its own the server forwards the caller's key on each request (see _options).
+            api_key=settings.api_key or "forwarded-per-request",
+            base_url=base_url,
+            max_retries=0,  # the relay retries (it knows when the client has seen nothing yet)
+            timeout=httpx2.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            # aiohttp as the transport: measured several times faster per request than the default under load
+            # (httpcore checks every pooled connection with a syscall on each request).
+            http_client=openai.DefaultAioHttpClient(),
+        )
+
+    def _options(self, api_key: str | None) -> dict[str, Any]:
+        if not self._has_own_key and api_key:
+            return {"headers": {"Authorization": f"Bearer {api_key}"}}
+        return {}
+
+    async def stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[UpstreamChunk]:
+        try:
+            response = await self._client.post(
+                "/chat/completions", body=body, cast_to=httpx2.Response, stream=True, options=self._options(api_key)
+            )
+        except openai.APIError as exc:
+            raise upstream_error(exc) from None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            # An upstream that ignored `stream: true` (some proxies and local servers do): its completion, chunked.
+            completion = await self._read_completion(response, "answered a streaming request with invalid JSON")
+            for chunk in completion_as_chunks(completion, include_usage(body)):
+                yield UpstreamChunk(dumps(chunk), chunk)
+            return
+        reader = SSELineReader()
+        received = response.aiter_bytes()
+        finished = False
+        relayed = 0
+        try:
+            async for data in received:
+                for payload in reader.feed(data):
+                    if payload == b"[DONE]":
+                        finished = True
+                        task = asyncio.ensure_future(_drain_and_close(received, response))
+                        self._draining.add(task)
+                        task.add_done_callback(self._draining.discard)
+                        return
+                    relayed += 1
+                    yield UpstreamChunk(payload, parse_chunk(payload))
+        except httpx2.TimeoutException:
+            raise UpstreamError(
+                504, "The upstream LLM stopped sending (read timeout).", code="upstream_timeout", retryable=not relayed
+            ) from None
+        except httpx2.HTTPError as exc:
+            logger.warning("upstream stream broke after %d chunk(s): %r", relayed, _causes(exc)[-1])
+            raise UpstreamError(
+                502, "The upstream stream broke off.", code="upstream_stream_broken", retryable=not relayed
+            ) from None
+        finally:
+            if not finished:
+                await response.aclose()
+        raise UpstreamError(
+            502, "The upstream ended the stream without [DONE].", code="upstream_stream_incomplete", retryable=False
+        )
+
+    async def _read_completion(self, response: httpx2.Response, problem: str) -> dict[str, Any]:
+        try:
+            completion = json.loads(await response.aread())
+        except httpx2.TimeoutException:
+            raise UpstreamError(504, "The upstream LLM timed out.", code="upstream_timeout", retryable=True) from None
+        except (ValueError, httpx2.HTTPError):
+            completion = None
+        finally:
+            await response.aclose()
+        if not isinstance(completion, dict):
+            raise UpstreamError(502, f"The upstream {problem}.", code="upstream_bad_response")
+        return completion
+
+    async def complete(self, body: dict[str, Any], api_key: str | None) -> dict[str, Any]:
+        try:
+            response = await self._client.post(
+                "/chat/completions", body=body, cast_to=httpx2.Response, stream=True, options=self._options(api_key)
+            )
+        except openai.APIError as exc:
+            raise upstream_error(exc) from None
+        return await self._read_completion(response, "answered with invalid JSON")
+
+    async def list_models(self, api_key: str | None) -> dict[str, Any]:
+        try:
+            response = await self._client.get(
+                "/models", cast_to=httpx2.Response, stream=True, options=self._options(api_key)
+            )
+        except openai.APIError as exc:
+            raise upstream_error(exc) from None
+        return await self._read_completion(response, "answered the model list with invalid JSON")
+
+    async def aclose(self) -> None:
+        while self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)
+        await self._client.close()

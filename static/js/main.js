@@ -1,0 +1,25 @@
+// Admin dashboard: live request log, knowledge base, audio clips. ES modules, no framework, no build step.
+
+import { startAudio, loadClips } from "./audio.js";
+import { startKnowledge, loadKnowledge } from "./knowledge.js";
+import { drawChart, startLiveLog } from "./live-log.js";
+import { startStatus } from "./status.js";
+
+const tabs = { log: drawChart, knowledge: loadKnowledge, audio: loadClips };
+
+function selectTab(name) {
+  for (const tab of Object.keys(tabs)) {
+    document.getElementById(`tab-${tab}`).setAttribute("aria-selected", String(tab === name));
+    document.getElementById(`panel-${tab}`).hidden = tab !== name;
+  }
+  tabs[name]();
+}
+
+for (const tab of Object.keys(tabs)) {
+  document.getElementById(`tab-${tab}`).addEventListener("click", () => selectTab(tab));
+}
+
+startStatus();
+startLiveLog();
+startKnowledge();
+startAudio();
