@@ -64,6 +64,10 @@ def make_app(services: Services) -> tornado.web.Application:
     )
 
 
+def make_http_server(app: tornado.web.Application) -> tornado.httpserver.HTTPServer:
+    return tornado.httpserver.HTTPServer(app, max_body_size=TORNADO_BODY_LIMIT)
+
+
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Tornado's access log line, without query strings: the admin URL carries the admin token."""
     status = handler.get_status()
@@ -90,7 +94,7 @@ async def drain(services: Services, grace: float) -> None:
 async def serve(settings: Settings) -> None:
     services = build_services(settings)
     app = make_app(services)
-    server = tornado.httpserver.HTTPServer(app, max_body_size=TORNADO_BODY_LIMIT)
+    server = make_http_server(app)
     try:
         sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
     except OSError as exc:

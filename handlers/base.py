@@ -75,7 +75,8 @@ class RequestContext(tornado.web.RequestHandler):
             raise ApiError(403, "The X-XSRFToken header does not match the XSRF cookie.", code="xsrf") from None
 
     def body_unread(self) -> bool:
-        """True while the request's body has not been read: answering now closes the connection."""
+        """True before Tornado has finished reading the request (in prepare(), or while a body arrives): an answer
+        given now makes Tornado close the connection afterwards."""
         return not getattr(self.request.connection, "_read_finished", True)
 
     def log_exception(self, typ, value, tb) -> None:
@@ -139,11 +140,17 @@ class PageErrors(RequestContext):
         )
 
 
+# A body over its limit by no more than this is read and dropped, and the 413 sent when it has all arrived: the
+# connection then stays usable, and a client still sending never meets a reset instead of the answer. Past it, the
+# 413 goes at once and the connection closes.
+DISCARD_BYTES = 4 * 1024 * 1024
+
+
 @tornado.web.stream_request_body
 class BodyLimit(tornado.web.RequestHandler):
-    """Reads the body as it arrives and keeps it only up to `body_limit()` bytes: a longer one gets a 413 (before
-    it is read when its Content-Length says so, else as soon as the limit is passed) and the connection closes.
-    Handlers check who is asking in prepare() before calling this one's, so strangers never send a body."""
+    """Reads the body as it arrives and keeps it only up to `body_limit()` bytes; reading a longer one (`body`)
+    raises a 413 in the handler's error shape. Handlers check who is asking in prepare() before calling this
+    one's, so strangers are answered before they send a body."""
 
     def body_limit(self) -> int:
         return DEFAULT_BODY_BYTES
@@ -151,8 +158,9 @@ class BodyLimit(tornado.web.RequestHandler):
     def prepare(self) -> None:
         self._chunks: list[bytes] = []
         self._received = 0
+        self._too_large = False
         length = self.request.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self.body_limit():
+        if length.isdigit() and int(length) > self.body_limit() + DISCARD_BYTES:
             raise self.too_large()
 
     def too_large(self) -> ApiError:
@@ -162,15 +170,19 @@ class BodyLimit(tornado.web.RequestHandler):
         if self._finished:
             return
         self._received += len(chunk)
-        if self._received > self.body_limit():
-            self._chunks = []
+        if self._received <= self.body_limit():
+            self._chunks.append(chunk)
+            return
+        self._chunks = []
+        self._too_large = True
+        if self._received > self.body_limit() + DISCARD_BYTES:
             error = self.too_large()
             self.send_error(error.status, exc_info=(type(error), error, None))
-            return
-        self._chunks.append(chunk)
 
     @property
     def body(self) -> bytes:
+        if self._too_large:
+            raise self.too_large()
         return b"".join(self._chunks)
 
 
@@ -191,7 +203,10 @@ class ApiHandler(JsonErrors, BodyLimit):
         self.finish()
 
     def _allowed_methods(self) -> list[str]:
-        return [m for m in self.SUPPORTED_METHODS if m != "OPTIONS" and type(self).__dict__.get(m.lower())]
+        def implemented(method: str) -> bool:
+            return getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+
+        return [method for method in self.SUPPORTED_METHODS if method != "OPTIONS" and implemented(method)]
 
     def json_body(self) -> Any:
         return parse_json(self.body)

@@ -103,7 +103,7 @@ class RequestRecord:
     def fail(self, status: int, message: str) -> None:
         self.status = status
         self.outcome = "error"
-        self.error = message
+        self.error = safe_text(message)  # it may quote an upstream's words
 
     def cancel(self) -> None:
         self.status = 499  # nginx's "client closed request"

@@ -13,7 +13,7 @@ import tornado.ioloop
 
 from llmserver.services import SHIPPED_AUDIO, SHIPPED_KNOWLEDGE, build_services
 from llmserver.settings import Settings
-from server import make_app
+from server import make_app, make_http_server
 from tests.fake_upstream import FakeUpstream
 
 SERVER_KEY = "sk-server-key-for-tests"
@@ -104,3 +104,13 @@ def services(settings, io_loop):
 @pytest.fixture
 def app(services):
     return make_app(services)
+
+
+@pytest.fixture
+def http_server(request, io_loop, _unused_port, app):
+    """pytest-tornado's, but the server is made as server.py makes it (Tornado's own body limit lifted)."""
+    server = make_http_server(app)
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)

@@ -36,6 +36,11 @@ class Behaviour:
     tool_call: bool = False  # stream a tool call instead of text
     linger_after_done: float = 0.0  # keep the response open this long after [DONE]
     ignore_stream: bool = False  # answer streaming requests with one JSON completion, as some servers do
+    # Close this many next connections as soon as their request arrives, answering nothing: what a client sees when
+    # it sends into a kept-alive connection that the server (or a proxy) is closing at that moment.
+    drop_connections: int = 0
+    headers_then_close: int = 0  # this many next streams send their headers, then close without a chunk
+    close_after_response: bool = False  # close every connection after its response, without saying so
 
 
 @dataclass
@@ -84,6 +89,10 @@ class _FakeHandler(tornado.web.RequestHandler):
 
     def on_finish(self) -> None:
         self.on_connection_close()
+        if self.fake.behaviour.close_after_response:
+            # As a server with a short keep-alive does: the connection goes, and the client learns it only when
+            # it next tries to use it.
+            asyncio.get_running_loop().call_soon(self.request.connection.stream.close)
 
     async def _before_headers(self, behaviour: Behaviour) -> None:
         if behaviour.hang_before_headers:
@@ -105,6 +114,10 @@ class ChatHandler(_FakeHandler):
         body = json.loads(self.request.body)
         self.received = ReceivedRequest(self.request.path, dict(self.request.headers), body, time.perf_counter())
         fake.requests.append(self.received)
+        if behaviour.drop_connections:
+            behaviour.drop_connections -= 1
+            self.request.connection.stream.close()
+            return
         await self._before_headers(behaviour)
         if behaviour.status != 200:
             return self._error(behaviour)
@@ -133,6 +146,10 @@ class ChatHandler(_FakeHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         await self.flush()
+        if behaviour.headers_then_close:
+            behaviour.headers_then_close -= 1
+            self.request.connection.stream.close()
+            return
         if behaviour.hang:
             await asyncio.Event().wait()
         if behaviour.first_chunk_delay:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import openai
 import pytest
 
@@ -54,3 +56,24 @@ async def test_openai_sdk_raises_api_errors_from_the_server(http_server, base_ur
                 pass
     finally:
         await client.close()
+
+
+@pytest.mark.settings(audio_pace="burst")
+@pytest.mark.gen_test
+async def test_the_sdks_accumulating_stream_helper_decodes_the_whole_clip(http_server, base_url, services):
+    """`chat.completions.stream().get_final_completion()` joins the base64 strings of every chunk before decoding:
+    that works only if no chunk but the last carries padding (each a multiple of 3 bytes; of 6 for whole samples)."""
+    clip = services.audio_library.active_clip()
+    client = openai.AsyncOpenAI(base_url=base_url + "/v1/audio", api_key="sk-anything", max_retries=0)
+    try:
+        async with client.chat.completions.stream(
+            model="gpt-4o-audio-preview",
+            messages=[{"role": "user", "content": "Hi"}],
+            modalities=["text", "audio"],
+            audio={"voice": "alloy", "format": "pcm16"},
+        ) as stream:
+            final = await stream.get_final_completion()
+    finally:
+        await client.close()
+    audio = final.choices[0].message.audio
+    assert base64.b64decode(audio.data) == clip.pcm and audio.transcript == clip.transcript

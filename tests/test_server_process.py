@@ -8,12 +8,17 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from tests.audio_files import encode, tone
 from tests.client import parse_sse
+from tests.conftest import files_in
+from tests.handlers.admin_client import bearer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,3 +133,56 @@ async def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path, io_loop)
         taken.close()
     assert returncode == 2
     assert "cannot listen on 127.0.0.1" in stderr.decode() and "Traceback" not in stderr.decode()
+
+
+def _tracked_defaults() -> dict[str, bytes]:
+    return {
+        "knowledge.json": (Path(ROOT) / "knowledge.json").read_bytes(),
+        **{f"audio/{name}": data for name, data in files_in(Path(ROOT) / "audio").items()},
+    }
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_operator_data_lives_in_the_data_directory_and_survives_a_restart(tmp_path, io_loop):
+    """The README's own admin examples (add a document, upload a clip) change the data directory only, never the
+    shipped defaults the tests and a fresh start rely on."""
+    shipped = _tracked_defaults()
+    token = "data-dir-test-token"
+    async with running_server(tmp_path, "--admin-token", token) as (process, url, _):
+        admin = bearer(url, token)
+        added = await admin.fetch("POST", "/admin/api/knowledge", {"id": "hours", "content": "Open 9 to 5."})
+        assert added.code == 201
+        boundary = "x1x2x3"
+        form = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nhello\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="transcript"\r\n\r\nHello!\r\n'
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="hello.wav"\r\n\r\n'
+            ).encode()
+            + encode(tone(0.5, 16000), 16000)
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        uploaded = await admin.fetch(
+            "POST", "/admin/api/audio", raw=form, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
+        assert uploaded.code == 201, uploaded.body
+        process.terminate()
+        await process.wait()
+    assert _tracked_defaults() == shipped
+    data = tmp_path / "data"
+    assert "hours" in (data / "knowledge.json").read_text() and (data / "audio" / "library.json").exists()
+    async with running_server(tmp_path, "--admin-token", token) as (process, url, _):
+        names = [
+            c["name"] for c in json.loads((await bearer(url, token).fetch("GET", "/admin/api/audio")).body)["clips"]
+        ]
+        assert names == ["file", "hello"]
+        process.terminate()
+        await process.wait()
+
+
+def test_the_default_data_directory_is_ignored_by_git():
+    from llmserver.settings import load_settings
+
+    assert load_settings([], {}).data_dir == "data"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "data/knowledge.json"], cwd=ROOT)
+    assert ignored.returncode == 0, "data/ must be in .gitignore: operator data never lands in the tracked tree"

@@ -41,9 +41,9 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _stale_connection(exc: BaseException) -> bool:
-    """True when the connection closed or was reset before any response: a kept-alive connection the upstream
-    (or a proxy before it) had closed meanwhile. The aiohttp transport reports it as a connect timeout."""
+def _dropped(exc: BaseException) -> bool:
+    """True when the connection closed or was reset before any response: typically a kept-alive connection the
+    upstream (or a proxy before it) had closed meanwhile. The aiohttp transport reports it as a connect timeout."""
     return any(
         isinstance(cause, (aiohttp.ServerDisconnectedError, ConnectionResetError, BrokenPipeError))
         for cause in _causes(exc)
@@ -95,13 +95,13 @@ def upstream_error(exc: openai.APIError) -> UpstreamError:
             retry_after=retry_after,
         )
     logger.warning("upstream call failed: %r", _causes(exc)[-1])
-    if _stale_connection(exc):
+    if _dropped(exc):
         return UpstreamError(
             502,
             "The upstream LLM closed the connection before answering.",
             code="upstream_unreachable",
             retryable=True,
-            stale_connection=True,
+            dropped=True,
         )
     if isinstance(exc, openai.APITimeoutError) and not _refused(exc):
         return UpstreamError(504, "The upstream LLM timed out.", code="upstream_timeout", retryable=True)
@@ -223,7 +223,11 @@ class OpenAIUpstream:
         except httpx2.HTTPError as exc:
             logger.warning("upstream stream broke after %d chunk(s): %r", relayed, _causes(exc)[-1])
             raise UpstreamError(
-                502, "The upstream stream broke off.", code="upstream_stream_broken", retryable=not relayed
+                502,
+                "The upstream stream broke off.",
+                code="upstream_stream_broken",
+                retryable=not relayed,
+                dropped=not relayed,
             ) from None
         finally:
             if not finished:

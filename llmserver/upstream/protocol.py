@@ -25,10 +25,10 @@ class UpstreamChunk:
 class UpstreamError(ApiError):
     """A failed upstream call, as the client will see it.
 
-    `retryable`: the request may be sent again (nothing came back that depends on it: a refused or dropped
-    connection, a 429 or 5xx before any chunk). `stale_connection`: the connection closed before any response,
-    as a kept-alive connection does when the upstream (or a proxy) closed it meanwhile; a retry on another
-    connection needs no back-off. `retry_after`: seconds the upstream asked for.
+    `retryable`: the request may be sent again (nothing of the answer came back: a refused or dropped
+    connection, a 429 or 5xx, a stream that broke before its first chunk). `dropped`: the connection closed
+    before any of the answer came back, as a kept-alive connection does when the upstream (or a proxy) closed it
+    meanwhile; a retry on another connection needs no back-off. `retry_after`: seconds the upstream asked for.
     """
 
     def __init__(
@@ -38,14 +38,14 @@ class UpstreamError(ApiError):
         *,
         code: str,
         retryable: bool = False,
-        stale_connection: bool = False,
+        dropped: bool = False,
         retry_after: float | None = None,
         type: str | None = None,
         param: str | None = None,
     ) -> None:
         super().__init__(status, message, type=type, param=param, code=code)
         self.retryable = retryable
-        self.stale_connection = stale_connection
+        self.dropped = dropped
         self.retry_after = retry_after
 
 

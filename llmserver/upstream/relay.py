@@ -3,8 +3,8 @@ make it safe for voice.
 
 - Retries happen only while nothing of the upstream's answer has reached the client (the RAG endpoint's waiting
   message is the server's own, so it does not count): a failure before the first chunk is safe to send again.
-  A connection that closed before answering (a kept-alive connection the upstream or a proxy had closed) is
-  retried at once on another connection, even with UPSTREAM_RETRIES=0; other failures back off.
+  A connection that closed before any of the answer came back (a kept-alive connection the upstream or a proxy
+  had closed) is retried at once on another connection, even with UPSTREAM_RETRIES=0; other failures back off.
 - Deadlines: a stream must bring its first chunk within `first_token_timeout` (every attempt included); a
   non-streaming completion must be complete within `completion_timeout`.
 - While a started response waits for the model, SSE comments keep the connection alive.
@@ -23,7 +23,7 @@ from ..request_log import RequestRecord
 from .protocol import Upstream, UpstreamChunk, UpstreamError
 
 T = TypeVar("T")
-STALE_CONNECTION_RETRIES = 3  # immediate: a pool can hold several connections the peer has closed
+DROPPED_CONNECTION_RETRIES = 3  # immediate: a pool can hold several connections the peer has closed
 MAX_BACKOFF = 8.0
 
 
@@ -60,12 +60,12 @@ class RetryBudget:
     def __init__(self, retries: int) -> None:
         self.retries = retries
         self.used = 0
-        self.stale_retries = STALE_CONNECTION_RETRIES
+        self.dropped_retries = DROPPED_CONNECTION_RETRIES
 
     def delay_before_retry(self, error: UpstreamError) -> float:
         """Seconds to wait before sending the request again; re-raises `error` when it may not be retried."""
-        if error.stale_connection and self.stale_retries:
-            self.stale_retries -= 1
+        if error.dropped and self.dropped_retries:
+            self.dropped_retries -= 1
             return 0.0
         if not error.retryable or self.used >= self.retries:
             raise error

@@ -72,6 +72,9 @@ def browser() -> Iterator[Browser]:
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail("Debian's chromium is not installed: run the README's test command, which installs it")
+    chinese_fonts = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout
+    if not chinese_fonts.strip():
+        pytest.fail("no Chinese font: the screenshots would show boxes; the README's test command installs one")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
         yield browser

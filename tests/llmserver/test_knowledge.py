@@ -11,6 +11,7 @@ import pytest
 
 from llmserver.knowledge.store import DocumentNotFound, EditConflict, KnowledgeBase, KnowledgeError
 from tests.conftest import SHIPPED_KNOWLEDGE
+from tests.crash import crash_at_every_step
 
 RETRIEVAL_TABLE = [
     ("How do I connect this server to Agora?", "connect-agora"),
@@ -232,3 +233,17 @@ def test_a_bad_tag_is_named_with_the_limit(kb):
     with pytest.raises(KnowledgeError) as refused:
         kb.add({"id": "t", "content": "x", "tags": ["fine", "y" * 65]})
     assert "'" + "y" * 65 + "'" in str(refused.value) and "1 to 64 characters" in str(refused.value)
+
+
+def test_a_crash_at_any_step_of_a_save_leaves_the_old_file_or_the_new(tmp_path):
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    path = folder / "knowledge.json"
+    KnowledgeBase.load(str(path)).add({"id": "doc", "content": "The first version."})
+    pristine = {"knowledge.json": path.read_bytes()}
+    change = "kb.update('doc', {'content': 'The second version.'})"
+    outcomes = set()
+    for _ in crash_at_every_step(f"kb = KnowledgeBase.load({str(path)!r})", change, folder, pristine):
+        outcomes.add(KnowledgeBase.load(str(path)).get("doc")["content"])
+        assert sorted(os.listdir(folder)) == ["knowledge.json"]  # a temporary file a crash left is removed
+    assert outcomes == {"The first version.", "The second version."}

@@ -71,3 +71,19 @@ def test_credentials_in_the_base_url_are_never_shown():
 
     assert redact_url("https://user:secret@llm.example:8443/v1") == "https://llm.example:8443/v1"
     assert redact_url("http://127.0.0.1:11434/v1") == "http://127.0.0.1:11434/v1"
+
+
+def test_the_readme_lists_every_setting():
+    import dataclasses
+    from pathlib import Path
+
+    from llmserver.settings import Settings, _flag
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("## Settings") :]
+    for setting in dataclasses.fields(Settings):
+        for name in setting.metadata["env"]:
+            assert f"`{name}`" in table, f"{name} is missing from the README's settings table"
+        flag = _flag(setting)
+        if flag:
+            assert f"`{flag}`" in table, f"{flag} is missing from the README's settings table"
