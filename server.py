@@ -93,6 +93,7 @@ async def drain(services: Services, grace: float) -> None:
 
 async def serve(settings: Settings) -> None:
     services = build_services(settings)
+    services.start_background_work()
     app = make_app(services)
     server = make_http_server(app)
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tornado.httputil
 
+from llmserver.protocol.errors import ApiError
+
 from .auth import AdminAccess, check_cross_site
 from .base import PageHandler
 
@@ -37,9 +39,12 @@ class AdminPageHandler(AdminAccess, PageHandler):
     def post(self) -> None:
         check_cross_site(self.request, self.config)
         fields: dict[str, list[bytes]] = {}
-        tornado.httputil.parse_body_arguments(
-            self.request.headers.get("Content-Type", ""), self.body, fields, {}, self.request.headers
-        )
+        try:
+            tornado.httputil.parse_body_arguments(
+                self.request.headers.get("Content-Type", ""), self.body, fields, {}, self.request.headers
+            )
+        except tornado.httputil.HTTPInputError:
+            raise ApiError(400, "The sign-in form could not be read.", code="invalid_form") from None
         token = fields.get("token", [b""])[0].decode("utf-8", "replace").strip()
         self._log_in(token)
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import tornado.httputil
 import tornado.ioloop
 
+from llmserver.knowledge.query import RetrievalQuery, conversation_query, single_query
 from llmserver.protocol.errors import ApiError
 from llmserver.protocol.json_body import parse_json
 
@@ -17,7 +18,6 @@ from .auth import AdminAccess
 from .base import ApiHandler
 
 T = TypeVar("T")
-MAX_SEARCH_K = 50
 ADMIN_JSON_BYTES = 64 * 1024 * 1024  # a whole knowledge.json can be imported
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -80,19 +80,41 @@ def _document_fields(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in ("version", "changed_at_version")}
 
 
-class RetrievalTestHandler(AdminApiHandler):
-    """GET /admin/api/retrieval?q=...&k=...: what the RAG endpoint would inject for a question."""
+class KnowledgePassagesHandler(AdminApiHandler):
+    """GET /admin/api/knowledge/{id}/passages: the passages the document is indexed as."""
 
-    def get(self) -> None:
-        query = self.get_query_argument("q", "")
-        try:
-            k = int(self.get_query_argument("k", str(self.config.rag_top_k)))
-        except ValueError:
-            raise ApiError(400, "'k' must be a whole number.", param="k") from None
-        if not 1 <= k <= MAX_SEARCH_K:
-            raise ApiError(400, f"'k' must be between 1 and {MAX_SEARCH_K}.", param="k")
-        hits = self.services.knowledge_base.search(query, k, self.config.rag_min_score)
-        self.write_json({"query": query, "min_score": self.config.rag_min_score, "hits": [h.to_dict() for h in hits]})
+    def get(self, doc_id: str) -> None:
+        self.services.knowledge_base.get(doc_id)  # 404 for an unknown document
+        passages = self.services.retriever.passages_of(doc_id)
+        self.write_json({"id": doc_id, "passages": [passage.to_dict() for passage in passages]})
+
+
+class RetrievalTestHandler(AdminApiHandler):
+    """What the RAG endpoint would inject: for a question (GET ?q=...), or for a conversation (POST {"messages"}),
+    with every candidate's scores and why it was or was not injected."""
+
+    async def get(self) -> None:
+        await self._answer(single_query(self.get_query_argument("q", "")))
+
+    async def post(self) -> None:
+        body = self.json_object()
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty list, as in a chat request.", param="messages")
+        await self._answer(conversation_query(messages))
+
+    async def _answer(self, query: RetrievalQuery) -> None:
+        result = await self.services.retriever.retrieve(query)
+        self.write_json(
+            {
+                "query": {"text": query.text, "history": query.history},
+                "semantic": result.semantic,
+                "ms": result.ms,
+                "budget": result.budget,
+                "injected_chars": result.injected_chars,
+                "passages": [item.to_dict() for item in result.ranked],
+            }
+        )
 
 
 class KnowledgeFileHandler(AdminApiHandler):
@@ -181,6 +203,8 @@ class StatusHandler(AdminApiHandler):
                 "totals": {outcome: log.totals.get(outcome, 0) for outcome in ("ok", "error", "cancelled")},
                 "knowledge_version": services.knowledge_base.version,
                 "documents": len(services.knowledge_base),
+                "passages": services.retriever.passage_count,
+                "semantic_retrieval": services.retriever.semantic_ready,
                 "active_clip": services.audio_library.active_name(),
             }
         )
@@ -195,6 +219,7 @@ default_handlers = [
     (r"/admin/api/retrieval", RetrievalTestHandler),
     (r"/admin/api/knowledge", KnowledgeCollectionHandler),
     (r"/admin/api/knowledge\.json", KnowledgeFileHandler),
+    (rf"/admin/api/knowledge/{_ONE}/passages", KnowledgePassagesHandler),
     (rf"/admin/api/knowledge/{_ONE}", KnowledgeDocumentHandler),
     (r"/admin/api/audio", AudioCollectionHandler),
     (rf"/admin/api/audio/{_ONE}\.wav", AudioWavHandler),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-from llmserver.knowledge.context import ContextPassage, augment, waiting_chunk
+from llmserver.knowledge.context import augment, waiting_chunk
+from llmserver.knowledge.passages import Passage
+from llmserver.knowledge.query import conversation_query
 from llmserver.protocol.chat_request import ChatRequest
 from llmserver.request_log import RetrievalDetails, RetrievalHit
 
@@ -21,23 +22,23 @@ class RagCompletionsHandler(RelayedCompletion):
             await self.events.send_json(waiting_chunk(chat.model, config.waiting_messages))
             self.record.mark_chunk()
             # Let requests that arrived together get their waiting messages out before this one goes on to
-            # retrieval and the upstream call (about a millisecond of work each).
+            # retrieval and the upstream call (a few milliseconds of work each).
             await asyncio.sleep(0)
-        passages = self.retrieve(chat.last_user_text())
+        passages = await self.retrieve(chat)
         await self.relay(chat, augment(chat.body, passages, config.rag_template), api_key)
 
-    def retrieve(self, query: str) -> list[ContextPassage]:
-        started = time.perf_counter()
-        config = self.config
-        # On the event loop: a search takes about 0.1 ms even at 10,000 documents (bench/run.py), less than a hop
-        # to a worker thread would cost.
-        hits = self.services.knowledge_base.search(query, config.rag_top_k, config.rag_min_score)
+    async def retrieve(self, chat: ChatRequest) -> list[Passage]:
+        # On the event loop: a search takes a few milliseconds even at 10,000 passages (bench/run.py), the query's
+        # embedding included.
+        result = await self.services.retriever.retrieve(conversation_query(chat.messages))
         self.record.retrieval = RetrievalDetails(
-            query=self.request_log.text(query),
-            hits=[RetrievalHit(hit.id, hit.score) for hit in hits],
-            ms=round((time.perf_counter() - started) * 1000, 3),
+            query=self.request_log.text(result.query.shown),
+            hits=[RetrievalHit(item.passage.id, round(item.relevance, 3)) for item in result.ranked if item.injected],
+            ms=result.ms,
+            semantic=result.semantic,
+            injected_chars=result.injected_chars,
         )
-        return [ContextPassage(hit.id, hit.title, hit.content) for hit in hits]
+        return result.injected
 
 
 default_handlers = [

@@ -18,6 +18,7 @@ logger = logging.getLogger("llmserver.requests")
 Subscriber = Callable[[dict[str, Any]], None]
 LOG_TEXT_MODES = ("full", "truncated", "none")
 MAX_FIELD_DEPTH = 6
+MAX_FIELD_CHARS = 200  # a client's model name, turn id or engine field: kept this long at most
 
 
 def safe_text(text: str) -> str:
@@ -32,9 +33,11 @@ def safe_text(text: str) -> str:
 
 
 def bounded_value(value: Any, depth: int = MAX_FIELD_DEPTH) -> Any:
-    """A copy of a JSON value with safe strings and nothing nested deeper than `depth` (deeper parts become "…")."""
+    """A copy of a JSON value with safe, short strings and nothing nested deeper than `depth` (deeper parts
+    become "…")."""
     if isinstance(value, str):
-        return safe_text(value)
+        value = safe_text(value)
+        return value if len(value) <= MAX_FIELD_CHARS else value[: MAX_FIELD_CHARS - 1] + "…"
     if isinstance(value, dict):
         if depth <= 0:
             return "…"
@@ -50,15 +53,17 @@ def bounded_value(value: Any, depth: int = MAX_FIELD_DEPTH) -> Any:
 
 @dataclass
 class RetrievalHit:
-    id: str
-    score: float
+    id: str  # the passage: document#number
+    score: float  # its relevance, 0..1
 
 
 @dataclass
 class RetrievalDetails:
-    query: str
-    hits: list[RetrievalHit]
+    query: str  # as used: the last turn, and the history it was weighted with
+    hits: list[RetrievalHit]  # the injected passages, best first
     ms: float
+    semantic: bool = False  # embeddings took part
+    injected_chars: int = 0
 
 
 @dataclass
@@ -136,7 +141,7 @@ def describe(record: dict[str, Any]) -> str:
     retrieval = record["retrieval"]
     if retrieval is not None:
         hits = ",".join(f"{hit['id']}:{hit['score']}" for hit in retrieval["hits"]) or "none"
-        parts.append(f"hits={hits} retrieval_ms={retrieval['ms']}")
+        parts.append(f"hits={hits} retrieval_ms={retrieval['ms']}{'' if retrieval['semantic'] else ' lexical'}")
     audio = record["audio"]
     if audio is not None:
         parts.append("clip=simulated" if audio["simulated"] else f"clip={audio['clip']}")
@@ -189,6 +194,9 @@ class RequestLog:
         return text[: self.text_chars - 1] + "…"
 
     def finish(self, record: RequestRecord) -> None:
+        # What the client chose is kept short and safe, however it got into the record.
+        record.model = bounded_value(record.model)
+        record.turn_id = bounded_value(record.turn_id)
         self.in_flight -= 1
         record.total_ms = record.elapsed_ms()
         self._finished += 1

@@ -3,13 +3,18 @@ the handlers, and closed at shutdown."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .audio.codec import AudioError
 from .audio.library import AudioLibrary
+from .knowledge.embeddings import EmbeddingCache, EmbeddingError, build_embedder
+from .knowledge.fusion import DEFAULT_POLICY
+from .knowledge.retriever import Retriever
 from .knowledge.store import KnowledgeBase, KnowledgeError
 from .login_throttle import LoginThrottle
 from .request_log import RequestLog
@@ -25,6 +30,9 @@ SHIPPED_KNOWLEDGE = os.path.join(PROJECT_ROOT, "knowledge.json")
 SHIPPED_AUDIO = os.path.join(PROJECT_ROOT, "audio")
 
 
+logger = logging.getLogger("llmserver")
+
+
 class StartupError(Exception):
     """A problem that stops the server from starting; the message names the file and the problem."""
 
@@ -36,6 +44,7 @@ class Services:
     relay: Relay
     request_log: RequestLog
     knowledge_base: KnowledgeBase
+    retriever: Retriever
     audio_library: AudioLibrary
     admin_token: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(24))
     cookie_secret: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(32))
@@ -46,8 +55,18 @@ class Services:
     def uptime(self) -> float:
         return time.time() - self.started_at
 
+    def start_background_work(self) -> threading.Thread:
+        """Embeds the knowledge base in a background thread (retrieval is lexical until it is done)."""
+        thread = threading.Thread(target=self.retriever.start_semantic, name="embeddings", daemon=True)
+        thread.start()
+        return thread
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        if self.retriever.embedder is not None:
+            await self.retriever.embedder.aclose()
+        if self.retriever.cache is not None:
+            self.retriever.cache.close()
 
 
 def build_upstream(settings: Settings) -> Upstream:
@@ -84,8 +103,35 @@ def open_audio_library(settings: Settings) -> AudioLibrary:
         raise StartupError(f"cannot use the audio folder {settings.audio_path}: {exc.strerror}") from None
 
 
+def build_retriever(settings: Settings) -> Retriever:
+    try:
+        embedder = build_embedder(
+            settings.embeddings,
+            base_url=settings.embeddings_base_url,
+            api_key=settings.embeddings_api_key,
+            model=settings.embeddings_model,
+            timeout=settings.embeddings_timeout,
+        )
+    except EmbeddingError as exc:
+        raise StartupError(str(exc)) from None
+    cache = None
+    if embedder is not None:
+        cache = EmbeddingCache(
+            os.path.join(os.path.dirname(os.path.abspath(settings.knowledge_path)), "embeddings.sqlite3")
+        )
+    return Retriever(
+        embedder,
+        cache,
+        top_k=settings.rag_top_k,
+        context_chars=settings.rag_context_chars,
+        policy=replace(DEFAULT_POLICY, threshold=settings.rag_min_relevance),
+    )
+
+
 def build_services(settings: Settings) -> Services:
     knowledge_base = load_knowledge_base(settings)
+    retriever = build_retriever(settings)
+    knowledge_base.subscribe(retriever.rebuild)
     audio_library = open_audio_library(settings)
     secrets_given = {"admin_token": settings.admin_token, "cookie_secret": settings.cookie_secret}
     upstream = build_upstream(settings)
@@ -102,5 +148,6 @@ def build_services(settings: Settings) -> Services:
         relay=Relay(upstream, policy),
         request_log=RequestLog(settings.request_log_size, settings.log_text_chars, settings.log_user_text),
         knowledge_base=knowledge_base,
+        retriever=retriever,
         audio_library=audio_library,
     )

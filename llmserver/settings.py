@@ -190,8 +190,32 @@ class Settings:
     )
     max_documents: int = setting(20000, "most documents in the knowledge base", env="MAX_DOCUMENTS", parse=_COUNT)
     max_document_chars: int = setting(100_000, "longest document", env="MAX_DOCUMENT_CHARS", parse=_COUNT)
-    rag_top_k: int = setting(3, "passages added to a RAG request", env="RAG_TOP_K", parse=_COUNT)
-    rag_min_score: float = setting(1.2, "minimum BM25 score of a passage", env="RAG_MIN_SCORE", parse=_DELAY)
+    rag_top_k: int = setting(6, "most passages added to a RAG request", env="RAG_TOP_K", parse=_COUNT)
+    rag_min_relevance: float = setting(
+        0.2,
+        "the best passage's relevance (0-1) needed to inject anything; higher injects less for unanswerable questions",
+        env="RAG_MIN_RELEVANCE",
+        parse=_number(float, 0, 1),
+    )
+    rag_context_chars: int = setting(
+        2500, "most characters of passages added to a RAG request", env="RAG_CONTEXT_CHARS", parse=_COUNT
+    )
+    embeddings: str = setting(
+        "bundled",
+        "semantic retrieval: bundled (the model inside the package), endpoint, or none (lexical only)",
+        env="EMBEDDINGS",
+        parse=_choice("bundled", "endpoint", "none"),
+    )
+    embeddings_base_url: str | None = setting(
+        None, "an OpenAI-compatible /v1/embeddings base URL (EMBEDDINGS=endpoint)", env="EMBEDDINGS_BASE_URL"
+    )
+    embeddings_api_key: str | None = setting(
+        None, "the embeddings endpoint's key", env="EMBEDDINGS_API_KEY", flag=None, secret=True
+    )
+    embeddings_model: str = setting("text-embedding-3-small", "the endpoint's model", env="EMBEDDINGS_MODEL")
+    embeddings_timeout: float = setting(
+        2.0, "seconds to embed a query before falling back to lexical", env="EMBEDDINGS_TIMEOUT", parse=_SECONDS
+    )
     rag_waiting_message: bool = setting(True, "send a waiting message first", env="RAG_WAITING_MESSAGE", parse=_bool)
     waiting_messages: tuple[str, ...] = setting(
         DEFAULT_WAITING_MESSAGES, "waiting messages, separated by '|'", env="RAG_WAITING_MESSAGES", parse=_messages

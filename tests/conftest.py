@@ -89,6 +89,7 @@ def settings(request, fake_upstream, tmp_path) -> Settings:
         upstream_retries=0,
         offline_word_delay=0.0,
         data_dir=str(tmp_path / "data"),
+        embeddings="none",  # lexical retrieval, unless a test asks for the model (see semantic_services)
     )
     marker = request.node.get_closest_marker("settings")
     return dataclasses.replace(base, **marker.kwargs) if marker else base
@@ -114,3 +115,11 @@ def http_server(request, io_loop, _unused_port, app):
     yield server
     server.stop()
     io_loop.run_sync(server.close_all_connections, timeout=request.config.option.async_test_timeout)
+
+
+@pytest.fixture
+def semantic(services):
+    """The bundled model loaded and the knowledge base embedded, as they are shortly after a server starts."""
+    services.start_background_work().join(120)
+    assert services.retriever.semantic_ready, services.retriever.semantic_error
+    return services.retriever

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +44,42 @@ class Behaviour:
     drop_connections: int = 0
     headers_then_close: int = 0  # this many next streams send their headers, then close without a chunk
     close_after_response: bool = False  # close every connection after its response, without saying so
+
+
+# Faults `--faults` injects, one per chosen request: the knobs above, for that request only.
+FAULTS = (
+    "status_500",
+    "status_503",
+    "status_429",
+    "drop_connection",
+    "headers_then_close",
+    "cut_after",
+    "bad_chunk_at",
+    "error_event_at",
+    "close_after_response",
+    "header_delay",
+)
+STREAM_FAULTS = frozenset({"headers_then_close", "cut_after", "bad_chunk_at", "error_event_at"})  # streams only
+
+
+def with_fault(behaviour: Behaviour, kind: str, rng: random.Random) -> Behaviour:
+    """A copy of `behaviour` with one fault of `kind` (see FAULTS); the original is left as it is."""
+    faulty = dataclasses.replace(behaviour)
+    if kind.startswith("status_"):
+        faulty.status = int(kind.removeprefix("status_"))
+    elif kind == "drop_connection":
+        faulty.drop_connections = 1
+    elif kind == "headers_then_close":
+        faulty.headers_then_close = 1
+    elif kind in ("cut_after", "bad_chunk_at", "error_event_at"):
+        setattr(faulty, kind, rng.randint(0, behaviour.words))  # any chunk, the first or the finish chunk included
+    elif kind == "close_after_response":
+        faulty.close_after_response = True
+    elif kind == "header_delay":
+        faulty.header_delay = rng.uniform(0.05, 0.5)
+    else:
+        raise ValueError(f"unknown fault {kind!r}")
+    return faulty
 
 
 @dataclass
@@ -78,6 +117,7 @@ class _FakeHandler(tornado.web.RequestHandler):
     def initialize(self, fake: FakeUpstream) -> None:
         self.fake = fake
         self.received: ReceivedRequest | None = None
+        self.request_behaviour: Behaviour | None = None  # this request's own, when a fault was injected into it
 
     def check_xsrf_cookie(self) -> None:
         return None
@@ -89,7 +129,7 @@ class _FakeHandler(tornado.web.RequestHandler):
 
     def on_finish(self) -> None:
         self.on_connection_close()
-        if self.fake.behaviour.close_after_response:
+        if (self.request_behaviour or self.fake.behaviour).close_after_response:
             # As a server with a short keep-alive does: the connection goes, and the client learns it only when
             # it next tries to use it.
             asyncio.get_running_loop().call_soon(self.request.connection.stream.close)
@@ -110,8 +150,8 @@ class _FakeHandler(tornado.web.RequestHandler):
 class ChatHandler(_FakeHandler):
     async def post(self) -> None:
         fake = self.fake
-        behaviour = fake.behaviour
         body = json.loads(self.request.body)
+        behaviour = self.request_behaviour = fake.behaviour_for(body)
         self.received = ReceivedRequest(self.request.path, dict(self.request.headers), body, time.perf_counter())
         fake.requests.append(self.received)
         if behaviour.drop_connections:
@@ -211,6 +251,22 @@ class FakeUpstream:
         )
         self._server = tornado.httpserver.HTTPServer(app)
         self.port = 0
+        # With `faults` above 0, each chat request gets, with that probability, one fault of FAULTS (chosen with
+        # `fault_random`) for itself alone; `on_chat_request` hears of each request (its body) and its fault.
+        self.faults = 0.0
+        self.fault_random = random.Random(0)
+        self.on_chat_request: Callable[[dict[str, Any], str | None], None] | None = None
+
+    def behaviour_for(self, body: dict[str, Any]) -> Behaviour:
+        """The behaviour of one chat request: the shared one, or (see `faults`) a copy of it with a fault."""
+        behaviour, fault = self.behaviour, None
+        if self.faults and self.fault_random.random() < self.faults:
+            stream = bool(body.get("stream")) and not behaviour.ignore_stream
+            fault = self.fault_random.choice([kind for kind in FAULTS if stream or kind not in STREAM_FAULTS])
+            behaviour = with_fault(behaviour, fault, self.fault_random)
+        if self.on_chat_request is not None:
+            self.on_chat_request(body, fault)
+        return behaviour
 
     def start(self, sock: socket.socket | None = None) -> FakeUpstream:
         sockets = [sock] if sock else tornado.netutil.bind_sockets(0, "127.0.0.1")
@@ -237,8 +293,25 @@ async def _main() -> None:
     parser.add_argument("--words", type=int, default=20)
     parser.add_argument("--first-chunk-delay", type=float, default=0.0, help="seconds, like a model thinking")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument(
+        "--faults",
+        type=float,
+        default=0.0,
+        help="probability (0..1) that a chat request gets one random fault (a 500/503/429, a dropped or cut "
+        "connection, a bad chunk, an error event, a short delay); each request is then printed as a JSON line "
+        '{"fault": <kind or null>, "user": <its "user" field>}',
+    )
+    parser.add_argument("--fault-seed", type=int, default=0, help="seeds the choice of faults")
     args = parser.parse_args()
+    if not 0.0 <= args.faults <= 1.0:
+        parser.error("--faults must be between 0 and 1")
     fake = FakeUpstream()
+    fake.faults = args.faults
+    fake.fault_random = random.Random(args.fault_seed)
+    if args.faults:
+        fake.on_chat_request = lambda body, fault: print(
+            json.dumps({"fault": fault, "user": body.get("user")}), flush=True
+        )
     fake.behaviour.words = args.words
     fake.behaviour.first_chunk_delay = args.first_chunk_delay
     fake.behaviour.chunk_delay = args.chunk_delay

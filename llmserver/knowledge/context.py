@@ -1,4 +1,4 @@
-"""What the RAG endpoint adds to a request: the waiting message first, then the retrieved passages as one system
+"""What the RAG endpoint adds to a request: the waiting message first, then the chosen passages as one system
 message. The passages' format is defined here, and read back here for the offline responder."""
 
 from __future__ import annotations
@@ -10,16 +10,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol.chunks import ChunkFactory
+from .passages import Passage
 
 WAITING_MESSAGE_ID = "waiting_msg"
-_HEADER = re.compile(r"^\[(\d+)\] (.*) \(([A-Za-z0-9_-]+(?:#\d+)?)\)$", re.MULTILINE)
+_HEADER = re.compile(r"^\[(\d+)\] (.*) \(([^()\s]+#\d+)\)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class ContextPassage:
-    """A passage as the model reads it: where it comes from and its text."""
+    """A passage as the model reads it: where it comes from (document#passage), what it is called, its text."""
 
-    source: str  # the document id, and the passage within it: "hours#2"
+    source: str
     title: str
     text: str
 
@@ -31,8 +32,13 @@ def waiting_chunk(model: str, messages: Sequence[str]) -> dict[str, Any]:
     return ChunkFactory(model, WAITING_MESSAGE_ID).chunk({"role": "assistant", "content": message})
 
 
-def format_passages(passages: Sequence[ContextPassage]) -> str:
-    return "\n\n".join(f"[{n}] {p.title or p.source} ({p.source})\n{p.text}" for n, p in enumerate(passages, 1))
+def _label(passage: Passage) -> str:
+    title = passage.title or passage.doc_id
+    return f"{title} — {passage.heading}" if passage.heading and passage.heading != title else title
+
+
+def format_passages(passages: Sequence[Passage]) -> str:
+    return "\n\n".join(f"[{n}] {_label(p)} ({p.id})\n{p.text}" for n, p in enumerate(passages, 1))
 
 
 def parse_passages(text: str) -> list[ContextPassage]:
@@ -45,7 +51,7 @@ def parse_passages(text: str) -> list[ContextPassage]:
     return passages
 
 
-def augment(body: dict[str, Any], passages: Sequence[ContextPassage], template: str) -> dict[str, Any]:
+def augment(body: dict[str, Any], passages: Sequence[Passage], template: str) -> dict[str, Any]:
     """A copy of `body` with one system message holding the passages, after the request's own system messages.
 
     The user's messages are not changed; with no passages the body is returned as it is.

@@ -1,8 +1,9 @@
-"""The knowledge base: documents in memory, their BM25 index, and knowledge.json, saved atomically.
+"""The knowledge base: documents in memory and in knowledge.json, saved atomically.
 
-Every change is validated first, then applied to the index (the next request sees it), then saved; the version
-number grows with every change, and each document remembers the version of its last change, so an editor who
-read an older version can be told of a conflicting edit.
+Every change is validated first, then saved, then made current and handed to the listeners (the retriever, which
+re-indexes before the change is acknowledged, so the next request sees it). The version number grows with every
+change, and each document remembers the version of its last change, so an editor who read an older version can
+be told of a conflicting edit.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import json
 import os
 import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from ..files import remove_stale_temporaries, write_atomically
 from ..protocol.errors import ServiceError
 from ..protocol.json_body import InvalidJson, parse_json
-from .lexical import BM25Index, tokenize
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _FIELDS = {"id", "title", "content", "tags", "enabled"}
@@ -46,22 +46,7 @@ class EditConflict(KnowledgeError):
         )
 
 
-@dataclass(frozen=True)
-class SearchHit:
-    id: str
-    title: str
-    content: str
-    tags: tuple[str, ...]
-    score: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "title": self.title,
-            "content": self.content,
-            "tags": list(self.tags),
-            "score": self.score,
-        }
+Listener = Callable[[list[dict[str, Any]], int], None]
 
 
 def validate_document(data: Any, max_chars: int, where: str = "document") -> dict[str, Any]:
@@ -79,7 +64,12 @@ def validate_document(data: Any, max_chars: int, where: str = "document") -> dic
     if not isinstance(content, str) or not content.strip():
         raise KnowledgeError(f"{where}: 'content' is required and must be non-empty text.", field="content")
     if len(content) > max_chars:
-        raise KnowledgeError(f"{where}: 'content' is longer than {max_chars} characters.", field="content")
+        raise KnowledgeError(
+            f"{where}: 'content' is longer than {max_chars} characters (MAX_DOCUMENT_CHARS); split it into several "
+            "documents.",
+            field="content",
+            status=413,
+        )
     title = data.get("title", "")
     if not isinstance(title, str) or len(title) > MAX_TITLE_CHARS:
         raise KnowledgeError(f"{where}: 'title' must be text of at most {MAX_TITLE_CHARS} characters.", field="title")
@@ -105,10 +95,8 @@ class KnowledgeBase:
         self.version = 0
         self._documents: dict[str, dict[str, Any]] = {}  # insertion order is the file's order
         self._changed_at: dict[str, int] = {}
-        self._lock = threading.Lock()  # writers may run in a worker thread; readers use one snapshot
-        # (index, ids of the indexed documents, documents), replaced whole so a search never sees half an edit.
-        self._snapshot: tuple[BM25Index, list[str], dict[str, dict[str, Any]]] = (BM25Index([]), [], {})
-        self._tokens: dict[str, tuple[str, list[str]]] = {}  # id -> (indexed text, its tokens)
+        self._lock = threading.Lock()  # writers may run in a worker thread; readers see whole states
+        self._listeners: list[Listener] = []
 
     # Loading and saving -------------------------------------------------------------------------------------
 
@@ -162,25 +150,22 @@ class KnowledgeBase:
         self._documents, self.version = documents, version
         for doc_id in changed:
             self._changed_at[doc_id] = version
-        self._reindex()
+        self._tell_listeners()
 
     def _replace_all(self, documents: list[dict[str, Any]]) -> None:
         self._documents = {d["id"]: d for d in documents}
         self._changed_at = {d["id"]: 0 for d in documents}
-        self._reindex()
+        self._tell_listeners()
 
-    def _reindex(self) -> None:
-        """Rebuilds the index; documents whose text did not change keep their tokens (tokenising is the slow part)."""
-        enabled = [d for d in self._documents.values() if d["enabled"]]
-        tokens: dict[str, tuple[str, list[str]]] = {}
-        for document in enabled:
-            # Title twice: a word in the title says more about the document than one in its body.
-            text = f"{document['title']}\n{document['title']}\n{' '.join(document['tags'])}\n{document['content']}"
-            cached = self._tokens.get(document["id"])
-            tokens[document["id"]] = cached if cached and cached[0] == text else (text, tokenize(text))
-        self._tokens = tokens
-        index = BM25Index([tokens[d["id"]][1] for d in enabled])
-        self._snapshot = (index, [d["id"] for d in enabled], self._documents)
+    def subscribe(self, listener: Listener) -> None:
+        """Calls `listener(documents, version)` now and after every change, in the thread that made it."""
+        self._listeners.append(listener)
+        listener(list(self._documents.values()), self.version)
+
+    def _tell_listeners(self) -> None:
+        documents = list(self._documents.values())
+        for listener in self._listeners:
+            listener(documents, self.version)
 
     # Reading ------------------------------------------------------------------------------------------------
 
@@ -202,16 +187,8 @@ class KnowledgeBase:
     def export(self) -> dict[str, Any]:
         return {"version": self.version, "documents": copy.deepcopy(list(self._documents.values()))}
 
-    def search(self, query: str, k: int = 3, min_score: float = 0.0) -> list[SearchHit]:
-        index, indexed, documents = self._snapshot
-        hits = []
-        for position, score in index.search(query, k, min_score):
-            document = documents.get(indexed[position])
-            if document is not None:
-                hits.append(
-                    SearchHit(document["id"], document["title"], document["content"], tuple(document["tags"]), score)
-                )
-        return hits
+    def documents(self) -> list[dict[str, Any]]:
+        return list(self._documents.values())
 
     # Changing -----------------------------------------------------------------------------------------------
 

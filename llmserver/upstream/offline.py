@@ -2,7 +2,8 @@
 
 It streams a short deterministic reply word by word, in exactly the chunk format of a real upstream, under the
 model name the request asked for. Like a real model it answers from what its prompt holds: given knowledge
-passages (the RAG endpoint's system message), it quotes the first, naming its title.
+passages (the RAG endpoint's system message), it quotes the first, naming its title — or, as the RAG template asks
+of a model, says so when they do not cover the question (they share none of its words).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..knowledge.context import ContextPassage, parse_passages
+from ..knowledge.lexical import tokenize
 from ..protocol.chat_request import include_usage, last_user_text, message_text
 from ..protocol.chunks import ChunkFactory, usage
 from ..protocol.sse import dumps
@@ -38,10 +40,16 @@ def _passages_in(messages: list[Any]) -> list[ContextPassage]:
 def compose_reply(body: dict[str, Any]) -> str:
     messages = body.get("messages") or []
     passages = _passages_in(messages)
+    asked = last_user_text(messages).strip()
     if passages:
         best = passages[0]
+        if set(tokenize(asked)).isdisjoint(tokenize(f"{best.title} {best.text}")):
+            return (
+                f"The knowledge base does not say that exactly; the closest it has is "
+                f'"{best.title or best.source}": {_shorten(best.text, _QUOTE_CHARS)}'
+            )
         return f'From the knowledge base, "{best.title or best.source}": {_shorten(best.text, _QUOTE_CHARS)}'
-    question = _shorten(last_user_text(messages).strip(), 200) or "nothing"
+    question = _shorten(asked, 200) or "nothing"
     return (
         f'I am the offline responder of the Custom LLM Server; no upstream LLM is configured. You asked: "{question}". '
         "Set OPENAI_API_KEY or OPENAI_BASE_URL to get real answers."

@@ -41,6 +41,7 @@ function render() {
     row.appendChild(element("td", document_.tags.join(", ")));
     row.appendChild(element("td", document_.enabled ? "yes" : "no"));
     const actions = element("td", null, "actions");
+    actions.appendChild(button("Passages", () => showPassages(document_)));
     actions.appendChild(button("Edit", () => editLatest(document_.id)));
     actions.appendChild(button("Delete", () => deleteDocument(document_), "danger"));
     row.appendChild(actions);
@@ -119,29 +120,76 @@ async function deleteDocument(document_) {
   }
 }
 
+function lexicalCell(signals) {
+  return `${signals.bm25} · ${Math.round(signals.coverage * 100)}%`;
+}
+
+function semanticCell(signals) {
+  return signals.cosine === null ? "—" : `${signals.cosine} · ${signals.margin}σ`;
+}
+
+function hitRow(hit) {
+  const row = element("tr", null, hit.injected ? "injected" : "");
+  const passage = element("td");
+  passage.appendChild(element("strong", `${hit.title || hit.doc_id} (${hit.id})`));
+  passage.appendChild(element("p", hit.text.length > 240 ? `${hit.text.slice(0, 240)}…` : hit.text));
+  row.appendChild(passage);
+  const withHistory = hit.history ? "\nwith the history: " : "";
+  row.appendChild(element("td", lexicalCell(hit.last) + (hit.history ? withHistory + lexicalCell(hit.history) : ""), "score"));
+  row.appendChild(element("td", semanticCell(hit.last) + (hit.history ? withHistory + semanticCell(hit.history) : ""), "score"));
+  row.appendChild(element("td", hit.relevance, "score"));
+  row.appendChild(element("td", hit.injected ? "yes" : hit.reason, hit.injected ? "" : "reason"));
+  return row;
+}
+
 async function testRetrieval(event) {
   event.preventDefault();
-  const list = document.getElementById("kb-hits");
-  const question = event.target.elements.q.value.trim();
-  if (!question) {
-    list.replaceChildren(element("li", "Type a question first."));
+  const table = document.getElementById("kb-hits");
+  const summary = document.getElementById("kb-test-summary");
+  const lines = event.target.elements.q.value.split("\n").map((line) => line.trim()).filter(Boolean);
+  if (!lines.length) {
+    show(summary, "Type a question first.");
+    table.hidden = true;
     return;
   }
+  // Earlier lines are the conversation so far, alternating user and assistant turns, ending with the question.
+  const messages = lines.map((content, index) => ({
+    role: (lines.length - 1 - index) % 2 === 0 ? "user" : "assistant", content,
+  }));
   try {
-    const result = await api("GET", `/admin/api/retrieval?q=${encodeURIComponent(question)}`);
-    if (!result.hits.length) {
-      list.replaceChildren(element("li", `Nothing above the minimum score (${result.min_score}): the request goes on unchanged.`));
-      return;
-    }
-    list.replaceChildren(...result.hits.map((hit) => {
+    const result = lines.length === 1
+      ? await api("GET", `/admin/api/retrieval?q=${encodeURIComponent(lines[0])}`)
+      : await api("POST", "/admin/api/retrieval", { messages });
+    const injected = result.passages.filter((hit) => hit.injected);
+    const used = result.query.history ? `“${result.query.text}”, weighted with “${result.query.history}”` : `“${result.query.text}”`;
+    const how = result.semantic ? "lexical and semantic" : "lexical only";
+    show(summary, `Query used: ${used} (${how}, ${result.ms} ms). ` + (injected.length
+      ? `Injected: ${injected.map((hit) => hit.id).join(", ")} — ${result.injected_chars} of ${result.budget} characters.`
+      : "Nothing injected: the request goes on unchanged."));
+    document.getElementById("kb-hit-rows").replaceChildren(...result.passages.map(hitRow));
+    table.hidden = !result.passages.length;
+  } catch (error) {
+    show(summary, error.message);
+    table.hidden = true;
+  }
+}
+
+async function showPassages(document_) {
+  const panel = document.getElementById("kb-passages");
+  try {
+    const { passages } = await api("GET", `/admin/api/knowledge/${encodeURIComponent(document_.id)}/passages`);
+    document.getElementById("kb-passages-title").textContent = `Passages of ${document_.id} (${passages.length})`;
+    document.getElementById("kb-passage-list").replaceChildren(...passages.map((passage) => {
       const item = element("li");
-      item.appendChild(element("strong", hit.title || hit.id));
-      item.appendChild(element("span", ` score ${hit.score}`, "score"));
-      item.appendChild(element("p", hit.content));
+      item.dataset.id = passage.id;
+      item.appendChild(element("span", `${passage.id}${passage.heading ? ` · ${passage.heading}` : ""}`, "heading"));
+      item.appendChild(element("div", passage.text));
       return item;
     }));
+    panel.hidden = false;
+    panel.scrollIntoView({ block: "nearest" });
   } catch (error) {
-    list.replaceChildren(element("li", error.message, "error"));
+    show(message, error.message);
   }
 }
 
@@ -177,5 +225,8 @@ export function startKnowledge() {
   document.getElementById("kb-cancel").addEventListener("click", () => { form.hidden = true; });
   form.addEventListener("submit", save);
   document.getElementById("kb-test").addEventListener("submit", testRetrieval);
+  document.getElementById("kb-passages-close").addEventListener("click", () => {
+    document.getElementById("kb-passages").hidden = true;
+  });
   document.getElementById("kb-import").addEventListener("change", importFile);
 }

@@ -26,7 +26,7 @@ const noRecords = emptyRow("No requests match these filters yet.", 9);
 function retrievalOrClip(record) {
   if (record.retrieval) {
     const hits = record.retrieval.hits;
-    return hits.length ? hits.map((hit) => `${hit.id} (${hit.score})`).join(", ") : "no hits";
+    return hits.length ? hits.map((hit) => `${hit.id} (${hit.score})`).join(", ") : "nothing injected";
   }
   if (record.audio) return record.audio.simulated ? "simulated" : `${record.audio.clip} (${record.audio.duration} s)`;
   return record.error || "";

@@ -179,7 +179,16 @@ def test_adding_a_document_changes_what_the_rag_endpoint_answers(page: Page, ser
 
     page.fill("#kb-test [name=q]", question)
     page.click("#kb-test button[type=submit]")
-    expect(page.locator("#kb-hits li").first).to_contain_text("Guest wifi password")
+    expect(page.locator("#kb-hit-rows tr").first).to_contain_text("Guest wifi password (guest-wifi#1)")
+    expect(page.locator("#kb-hit-rows tr.injected").first).to_contain_text("Guest wifi password")
+    expect(page.locator("#kb-test-summary")).to_contain_text("Injected: guest-wifi#1")
+    # A conversation: the earlier turns, one per line, and the question last.
+    page.fill("#kb-test [name=q]", "What is the wifi password for guests?\nIt is Orange-Giraffe-42.\nand for staff?")
+    page.click("#kb-test button[type=submit]")
+    expect(page.locator("#kb-test-summary")).to_contain_text("weighted with")
+    page.click("#kb-rows tr[data-id=guest-wifi] button:has-text('Passages')")
+    expect(page.locator("#kb-passage-list li")).to_have_count(1)
+    expect(page.locator("#kb-passage-list li").first).to_contain_text("guest-wifi#1")
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#kb-rows tr[data-id=guest-wifi] button:has-text('Delete')")
@@ -203,7 +212,7 @@ def test_a_conflicting_edit_is_reported_not_saved(browser: Browser, page: Page, 
     other.click("#kb-reload")  # the page offers the stored version instead of overwriting it
     expect(other.locator("#kb-form [name=content]")).to_have_value("First operator's text.")
     # The first operator's text is what is stored and what the RAG endpoint now answers with.
-    assert "First operator's text." in ask(server_url, "rag", "How do I stop the server? SIGTERM shutdown")
+    assert "First operator's text." in ask(server_url, "rag", "Stopping the server")
     other.reload()
     other.click("#tab-knowledge")
     other.click("#kb-rows tr[data-id=shutdown] button:has-text('Edit')")

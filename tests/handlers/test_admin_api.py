@@ -92,8 +92,8 @@ async def test_documents_named_like_the_fixed_routes_can_be_read_and_changed(htt
         assert services.knowledge_base.get(doc_id)["content"] == "changed"
         assert (await admin.fetch("DELETE", f"/admin/api/knowledge/{doc_id}")).code == 204
     search = "/admin/api/retrieval?q=How+do+I+connect+this+server+to+Agora"
-    hits = json.loads((await admin.fetch("GET", search)).body)["hits"]
-    assert hits[0]["id"] == "connect-agora"
+    passages = json.loads((await admin.fetch("GET", search)).body)["passages"]
+    assert passages[0]["doc_id"] == "connect-agora" and passages[0]["injected"]
 
 
 @pytest.mark.settings(max_body_bytes=1000, audio_max_bytes=100_000)
@@ -134,8 +134,9 @@ async def test_knowledge_crud_with_versions_and_conflicts(http_server, base_url,
     assert conflict.code == 409 and "changed" in json.loads(conflict.body)["error"]["message"]
     assert services.knowledge_base.get("hours")["content"] == "9 to 6 now."
 
-    hits = json.loads((await admin.fetch("GET", "/admin/api/retrieval?q=when+are+the+opening+hours&k=2")).body)
-    assert hits["hits"][0]["id"] == "hours" and hits["hits"][0]["score"] > 0 and len(hits["hits"]) <= 2
+    tested = json.loads((await admin.fetch("GET", "/admin/api/retrieval?q=when+are+the+opening+hours")).body)
+    best = tested["passages"][0]
+    assert best["id"] == "hours#1" and best["injected"] and best["relevance"] > 0
 
     assert (await admin.fetch("DELETE", "/admin/api/knowledge/hours")).code == 204
     assert (await admin.fetch("GET", "/admin/api/knowledge/hours")).code == 404
@@ -161,7 +162,7 @@ BAD_KNOWLEDGE = [
     ("POST", "/admin/api/knowledge", b'{"id": "x"}', 400),
     ("POST", "/admin/api/knowledge", b'{"id": "connect-agora", "content": "dup"}', 409),
     ("POST", "/admin/api/knowledge", b'{"id": "../x", "content": "bad id"}', 400),
-    ("POST", "/admin/api/knowledge", b'{"id": "big", "content": "' + b"x" * 200_001 + b'"}', 400),
+    ("POST", "/admin/api/knowledge", b'{"id": "big", "content": "' + b"x" * 200_001 + b'"}', 413),
     ("PUT", "/admin/api/knowledge/connect-agora", b'{"content": "", "version": 1}', 400),
     ("PUT", "/admin/api/knowledge/connect-agora", b'{"content": "x", "version": "1"}', 400),
     ("PUT", "/admin/api/knowledge/connect-agora", b'{"content": "no version: it could overwrite a newer edit"}', 400),
@@ -174,8 +175,8 @@ BAD_KNOWLEDGE = [
         400,
     ),
     ("PUT", "/admin/api/knowledge.json", b'{"documents": "none"}', 400),
-    ("GET", "/admin/api/retrieval?q=x&k=0", None, 400),
-    ("GET", "/admin/api/retrieval?q=x&k=many", None, 400),
+    ("POST", "/admin/api/retrieval", b'{"messages": []}', 400),
+    ("POST", "/admin/api/retrieval", b'{"messages": "hi"}', 400),
 ]
 
 

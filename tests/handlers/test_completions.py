@@ -248,7 +248,11 @@ async def test_large_engine_fields_are_kept_short_in_the_record(http_server, bas
     body = {"messages": [USER], "context": {"presence": "x" * 100_000}, "turn_id": 3}
     await stream(base_url, "/chat/completions", body)
     record = services.request_log.recent()[-1]
-    assert record["turn_id"] == 3 and len(record["engine_fields"]["truncated"]) < 5000
+    assert record["turn_id"] == 3 and len(json.dumps(record["engine_fields"])) < 5000
+    assert record["engine_fields"]["context"]["presence"].startswith("xxx")  # each long string cut short
+    many = {"messages": [USER], "context": {f"key{n}": "y" * 150 for n in range(200)}}
+    await stream(base_url, "/chat/completions", many)
+    assert len(services.request_log.recent()[-1]["engine_fields"]["truncated"]) < 5000  # many short ones: cut whole
 
 
 @pytest.mark.gen_test

@@ -474,3 +474,31 @@ async def test_every_endpoints_base_url_has_a_model_list(http_server, base_url, 
 async def test_head_on_healthz(http_server, base_url):
     response = await AsyncHTTPClient().fetch(base_url + "/healthz", method="HEAD", raise_error=False)
     assert response.code == 200 and response.body == b""
+
+
+@pytest.mark.parametrize(
+    "headers,body",
+    [
+        ({"Content-Type": "multipart/form-data"}, b"token=x"),
+        ({"Content-Type": "multipart/form-data; boundary=abc"}, b"--abc\r\ngarbage without an end"),
+        ({"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": "identity"}, b"token=x"),
+    ],
+)
+@pytest.mark.gen_test
+async def test_a_malformed_sign_in_form_is_a_400_page(http_server, base_url, headers, body):
+    """Found by bench/fuzz.py: the form was parsed without catching Tornado's refusal (a 500)."""
+    response = await AsyncHTTPClient().fetch(
+        base_url + "/admin", method="POST", body=body, headers=headers, raise_error=False
+    )
+    assert response.code == 400 and "text/html" in response.headers["Content-Type"]
+    assert "could not be read" in response.body.decode()
+
+
+@pytest.mark.gen_test
+async def test_a_huge_model_name_or_turn_id_is_kept_short_in_the_record(http_server, base_url, services):
+    """Found by bench/fuzz.py: a 1 MB model name or turn id was kept whole in every record and log line."""
+    body = {"model": "m" * 400_000, "turn_id": "t" * 400_000, "messages": [USER]}
+    await post(base_url, "/audio/chat/completions", body)
+    record = services.request_log.recent()[-1]
+    assert len(record["model"]) <= 200 and len(record["turn_id"]) <= 200
+    assert len(json.dumps(record)) < 10_000

@@ -1,7 +1,8 @@
-"""The KnowledgeBase service: retrieval quality on the shipped documents, edits, persistence, refusals."""
+"""The KnowledgeBase service: the shipped documents, edits seen by retrieval at once, persistence, refusals."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -9,27 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from llmserver.knowledge.query import single_query
+from llmserver.knowledge.retriever import Retriever
 from llmserver.knowledge.store import DocumentNotFound, EditConflict, KnowledgeBase, KnowledgeError
 from tests.conftest import SHIPPED_KNOWLEDGE
 from tests.crash import crash_at_every_step
-
-RETRIEVAL_TABLE = [
-    ("How do I connect this server to Agora?", "connect-agora"),
-    ("What happens when the user interrupts?", "barge-in"),
-    ("How does the waiting message work?", "waiting-message"),
-    ("Which audio formats can I upload?", "audio-library"),
-    ("How do I stop the server?", "shutdown"),
-    ("What is offline mode?", "offline-mode"),
-    ("Where are API keys configured?", "api-keys"),
-    ("what does the knowledge.json file look like", "knowledge-file"),
-    ("What fields does the Agora engine add to requests?", "agora-fields"),
-    ("How is the stream formatted? What is data: [DONE]?", "streaming-format"),
-    ("怎么连接声网的对话式AI引擎？", "zh-connect"),
-    ("怎么编辑知识库？", "zh-knowledge"),
-    ("音频回复是什么格式？", "zh-audio"),
-    ("等待提示语可以关闭吗？", "zh-waiting"),
-    ("自定义大模型服务是什么？", "zh-overview"),
-]
 
 
 @pytest.fixture
@@ -48,44 +33,29 @@ def test_shipped_knowledge_base_has_english_and_chinese_documents(shipped):
     assert sum(any("\u4e00" <= ch <= "\u9fff" for ch in d["content"]) for d in documents) >= 3
 
 
-@pytest.mark.parametrize("question,expected", RETRIEVAL_TABLE)
-def test_each_question_retrieves_its_document_first(shipped, question, expected):
-    hits = shipped.search(question, k=3, min_score=1.2)
-    assert hits, f"nothing retrieved for {question!r}"
-    assert hits[0].id == expected, [(h.id, h.score) for h in hits]
-    assert all(hits[i].score >= hits[i + 1].score for i in range(len(hits) - 1))
-
-
-def test_unrelated_questions_retrieve_nothing(shipped):
-    assert shipped.search("What is the weather in Paris?", k=3, min_score=1.2) == []
-    assert shipped.search("", k=3) == []
-    assert shipped.search("???", k=3) == []
-
-
-def test_top_k_and_min_score_limit_the_hits(shipped):
-    assert len(shipped.search("audio clips agora engine server", k=2)) == 2
-    everything = shipped.search("audio clips agora engine server", k=50)
-    high = shipped.search("audio clips agora engine server", k=50, min_score=everything[2].score)
-    assert len(high) < len(everything) and all(h.score >= everything[2].score for h in high)
-
-
-def test_disabled_documents_are_left_out(tmp_path, shipped):
-    kb = KnowledgeBase.load(str(tmp_path / "kb.json"))
-    kb.replace_all(shipped.export())
-    document = kb.get("barge-in")
-    kb.update("barge-in", {**{k: document[k] for k in ("title", "content", "tags")}, "enabled": False})
-    assert "barge-in" not in [h.id for h in kb.search("What happens when the user interrupts?", k=3)]
+def found(kb: KnowledgeBase, question: str) -> list[str]:
+    """The passages the RAG endpoint would inject for `question` (lexical retrieval, rebuilt on every change)."""
+    retriever = Retriever()
+    kb.subscribe(retriever.rebuild)
+    result = asyncio.run(retriever.retrieve(single_query(question)))
+    return [passage.id for passage in result.injected]
 
 
 def test_add_update_delete_are_searchable_at_once_and_saved(kb):
     assert kb.version == 0 and not os.path.exists(kb.path)
     kb.add({"id": "parking", "title": "Parking", "content": "Visitors park in garage B, level minus two."})
     assert kb.version == 1 and os.path.exists(kb.path)
-    assert kb.search("where do visitors park", k=1)[0].id == "parking"
+    retriever = Retriever()
+    kb.subscribe(retriever.rebuild)  # as the server's retriever is: each change is indexed before it returns
+
+    def passages(question: str) -> list:
+        return asyncio.run(retriever.retrieve(single_query(question))).injected
+
+    assert passages("where do visitors park")[0].id == "parking#1"
     kb.update("parking", {"title": "Parking", "content": "Visitors now park in garage C on the roof."})
-    assert "garage C" in kb.search("where do visitors park", k=1)[0].content
+    assert "garage C" in passages("where do visitors park")[0].text
     kb.delete("parking")
-    assert kb.search("where do visitors park", k=1) == []
+    assert passages("where do visitors park") == []
     assert kb.version == 3
     saved = json.loads(Path(kb.path).read_text(encoding="utf-8"))
     assert saved == {"version": 3, "documents": []}
@@ -132,7 +102,7 @@ def test_a_failed_save_changes_nothing(kb, tmp_path):
         os.rmdir(kb.path)
         Path(kb.path).write_bytes(before)
     assert [d["id"] for d in kb.list()] == ["keep"] and kb.version == 1
-    assert kb.search("never saved", k=3) == []
+    assert found(kb, "never saved") == []
 
 
 BAD_DOCUMENTS = [
@@ -219,7 +189,7 @@ def test_import_is_validated_whole_before_anything_changes(kb):
         kb.replace_all({"documents": [{"id": "new", "content": "fine"}, {"id": "bad"}]})
     assert [d["id"] for d in kb.list()] == ["keep"]
     kb.replace_all({"documents": [{"id": "new", "content": "fine"}]})
-    assert [d["id"] for d in kb.list()] == ["new"] and kb.search("fine", k=1)[0].id == "new"
+    assert [d["id"] for d in kb.list()] == ["new"] and found(kb, "fine") == ["new#1"]
 
 
 def test_saves_keep_the_files_permissions(kb):
