@@ -10,7 +10,7 @@ import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 logger = logging.getLogger("llmserver.requests")
@@ -116,9 +116,16 @@ class RequestRecord:
         self.error = "client disconnected"
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("_start")
+        # Field by field rather than dataclasses.asdict, which deep-copies every value: this runs for every request.
+        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        data["engine_fields"] = dict(self.engine_fields)
+        for name in ("retrieval", "audio"):
+            if data[name] is not None:
+                data[name] = asdict(data[name])
         return data
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord) if not f.name.startswith("_"))
 
 
 def describe(record: dict[str, Any]) -> str:
