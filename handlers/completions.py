@@ -15,7 +15,10 @@ from tornado.iostream import StreamClosedError
 
 from llmserver.protocol.chat_request import ChatRequest, parse_chat_request
 from llmserver.protocol.errors import ApiError, ServiceError, as_api_error
-from llmserver.request_log import RequestRecord, bounded_value
+from llmserver.request_log import RequestRecord, ToolCallDetails, bounded_value
+from llmserver.tools.memory import Exchange, conversation_key
+from llmserver.tools.registry import ToolOutcome
+from llmserver.upstream.tool_loop import ToolUse
 
 from .auth import upstream_key
 from .base import INTERNAL_ERROR, ApiHandler
@@ -120,14 +123,66 @@ class CompletionEndpoint(ApiHandler):
 
 
 class RelayedCompletion(CompletionEndpoint):
-    """An endpoint whose answer comes from the upstream, through the relay."""
+    """An endpoint whose answer comes from the upstream, through the relay (and the server's tools, if it offers
+    them), with the conversation's remembered tool exchanges spliced into the history."""
+
+    def request_body(self, chat: ChatRequest) -> dict[str, Any]:
+        """The body to send: the conversation's earlier tool exchanges put back where they belong."""
+        key = conversation_key(chat.engine_fields, chat.body.get("user"), self.request.headers.get("X-Conversation-Id"))
+        self.record.conversation = key
+        if key is None:
+            return chat.body
+        messages = self.services.memory.splice(key, chat.messages, self._turn_ids(chat))
+        return chat.body if messages is chat.messages else {**chat.body, "messages": messages}
+
+    @staticmethod
+    def _turn_ids(chat: ChatRequest) -> list[Any]:
+        fields = chat.engine_fields.get("messages")
+        return [f.get("turn_id") if isinstance(f, dict) else None for f in fields] if isinstance(fields, list) else []
+
+    def tool_use(self, chat: ChatRequest) -> ToolUse | None:
+        """The server's tools for this request, or None: not on this endpoint, `tool_choice: "none"`, or `n` > 1."""
+        body = chat.body
+        if self.endpoint not in self.config.server_tools or body.get("tool_choice") == "none":
+            return None
+        if body.get("n") not in (None, 1):
+            return None
+        offered = self.services.tools.offered(body.get("tools") or [])
+        if not offered:
+            return None
+        record, log, memory = self.record, self.request_log, self.services.memory
+        key = record.conversation
+        last_user = max((i for i, m in enumerate(chat.messages) if m.get("role") == "user"), default=None)
+        turn_ids = self._turn_ids(chat)
+        turn_id = turn_ids[last_user] if last_user is not None and last_user < len(turn_ids) else None
+
+        def on_exchange(messages: list[dict[str, Any]], outcomes: list[ToolOutcome], mixed: bool) -> None:
+            for outcome in outcomes:
+                record.tool_calls.append(
+                    ToolCallDetails(
+                        outcome.call.name,
+                        outcome.source,
+                        log.text(outcome.call.arguments),
+                        outcome.ms,
+                        "ok" if outcome.ok else "error",
+                        outcome.error,
+                        record.passes,
+                    )
+                )
+            if key is not None:
+                # The assistant's words of that pass are in the history the caller keeps; the calls are not.
+                kept = ({**messages[0], "content": None}, *messages[1:])
+                memory.remember(key, Exchange(chat.last_user_text().strip(), turn_id, kept))
+
+        return ToolUse(offered, self.services.tools, self.config.tool_passes, on_exchange)
 
     async def relay(self, chat: ChatRequest, body: dict[str, Any], api_key: str | None) -> None:
         relay = self.services.relay
+        tools = self.tool_use(chat)
         if chat.stream:
-            await relay.stream(body, api_key, self.events, self.record)
+            await relay.stream(body, api_key, self.events, self.record, tools)
         else:
-            completion = await relay.complete(body, api_key, self.record)
+            completion = await relay.complete(body, api_key, self.record, tools)
             self.record.mark_chunk()
             self.write_json(completion)
 
@@ -136,7 +191,7 @@ class ChatCompletionsHandler(RelayedCompletion):
     endpoint = "chat"
 
     async def respond(self, chat: ChatRequest, api_key: str | None) -> None:
-        await self.relay(chat, chat.body, api_key)
+        await self.relay(chat, self.request_body(chat), api_key)
 
 
 default_handlers = [

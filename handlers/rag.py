@@ -25,7 +25,7 @@ class RagCompletionsHandler(RelayedCompletion):
             # retrieval and the upstream call (a few milliseconds of work each).
             await asyncio.sleep(0)
         passages = await self.retrieve(chat)
-        await self.relay(chat, augment(chat.body, passages, config.rag_template), api_key)
+        await self.relay(chat, augment(self.request_body(chat), passages, config.rag_template), api_key)
 
     async def retrieve(self, chat: ChatRequest) -> list[Passage]:
         # On the event loop: a search takes a few milliseconds even at 10,000 passages (bench/run.py), the query's

@@ -74,6 +74,17 @@ class AudioDetails:
 
 
 @dataclass
+class ToolCallDetails:
+    name: str
+    source: str  # builtin, webhook, mcp:<server>
+    arguments: str  # as the model wrote them, kept as LOG_USER_TEXT says
+    ms: float
+    outcome: str  # ok, error
+    error: str | None = None
+    pass_number: int = 1
+
+
+@dataclass
 class RequestRecord:
     request_id: str  # the client's own X-Request-Id when it sent one, so not unique: see `key`
     endpoint: str
@@ -94,6 +105,9 @@ class RequestRecord:
     error: str | None = None
     retrieval: RetrievalDetails | None = None  # the RAG endpoint's
     audio: AudioDetails | None = None  # the audio endpoint's
+    passes: int = 0  # upstream passes of the tool loop (0: no server tools offered)
+    tool_calls: list[ToolCallDetails] = field(default_factory=list)  # the server's, in the order they ran
+    conversation: str | None = None  # the memory's key for this conversation, when it has one
     key: str = ""  # unique: this server process and the record's number in it
     _start: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -122,6 +136,7 @@ class RequestRecord:
         for name in ("retrieval", "audio"):
             if data[name] is not None:
                 data[name] = asdict(data[name])
+        data["tool_calls"] = [asdict(call) for call in self.tool_calls]
         return data
 
 
@@ -149,6 +164,9 @@ def describe(record: dict[str, Any]) -> str:
     if retrieval is not None:
         hits = ",".join(f"{hit['id']}:{hit['score']}" for hit in retrieval["hits"]) or "none"
         parts.append(f"hits={hits} retrieval_ms={retrieval['ms']}{'' if retrieval['semantic'] else ' lexical'}")
+    if record["tool_calls"]:
+        calls = ",".join(f"{call['name']}:{call['outcome']}:{call['ms']}" for call in record["tool_calls"])
+        parts.append(f"passes={record['passes']} tools={calls}")
     audio = record["audio"]
     if audio is not None:
         parts.append("clip=simulated" if audio["simulated"] else f"clip={audio['clip']}")

@@ -19,6 +19,12 @@ from .knowledge.store import KnowledgeBase, KnowledgeError
 from .login_throttle import LoginThrottle
 from .request_log import RequestLog
 from .settings import Settings
+from .tools.builtin import BuiltinTools
+from .tools.mcp import McpServerTools
+from .tools.memory import ConversationMemory
+from .tools.registry import ToolRegistry
+from .tools.tools_file import ToolsFileError, load_tools_file
+from .tools.webhooks import WebhookTools
 from .upstream.offline import OfflineResponder
 from .upstream.openai_upstream import OpenAIUpstream
 from .upstream.protocol import Upstream
@@ -45,6 +51,8 @@ class Services:
     request_log: RequestLog
     knowledge_base: KnowledgeBase
     retriever: Retriever
+    tools: ToolRegistry
+    memory: ConversationMemory
     audio_library: AudioLibrary
     admin_token: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(24))
     cookie_secret: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(32))
@@ -56,13 +64,37 @@ class Services:
         return time.time() - self.started_at
 
     def start_background_work(self) -> threading.Thread:
-        """Embeds the knowledge base in a background thread (retrieval is lexical until it is done)."""
+        """Embeds the knowledge base in a background thread (retrieval is lexical until it is done) and, on the
+        running event loop, connects the MCP servers."""
+        for source in self.tools.sources:
+            if isinstance(source, McpServerTools):
+                source.start()
         thread = threading.Thread(target=self.retriever.start_semantic, name="embeddings", daemon=True)
         thread.start()
         return thread
 
+    async def reload_tools(self) -> None:
+        """Reads the tools file again (refusing, with the reason, a file that is not valid) and asks every MCP server
+        for its tools again."""
+        config = load_tools_file(self.settings.tools_path)
+        sources: list = [source for source in self.tools.sources if not isinstance(source, McpServerTools)]
+        known = {s.config: s for s in self.tools.sources if isinstance(s, McpServerTools)}
+        for source in sources:
+            if isinstance(source, WebhookTools):
+                source.configure(config)
+        servers = []
+        for server in config.mcp_servers:
+            source = known.pop(server, None) or McpServerTools(server)
+            source.start()
+            servers.append(source)
+        for gone in known.values():
+            await gone.aclose()
+        self.tools.sources = [*sources, *servers]
+        await self.tools.reload()
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        await self.tools.aclose()
         if self.retriever.embedder is not None:
             await self.retriever.embedder.aclose()
         if self.retriever.cache is not None:
@@ -128,6 +160,19 @@ def build_retriever(settings: Settings) -> Retriever:
     )
 
 
+def build_tools(settings: Settings, retriever: Retriever) -> ToolRegistry:
+    try:
+        config = load_tools_file(settings.tools_path)
+    except ToolsFileError as exc:
+        raise StartupError(f"invalid tools file, not starting: {exc}") from None
+    sources = [
+        BuiltinTools(retriever),
+        WebhookTools(config),
+        *(McpServerTools(server) for server in config.mcp_servers),
+    ]
+    return ToolRegistry(sources, default_timeout=settings.tool_timeout, result_chars=settings.tool_result_chars)
+
+
 def build_services(settings: Settings) -> Services:
     knowledge_base = load_knowledge_base(settings)
     retriever = build_retriever(settings)
@@ -149,5 +194,7 @@ def build_services(settings: Settings) -> Services:
         request_log=RequestLog(settings.request_log_size, settings.log_text_chars, settings.log_user_text),
         knowledge_base=knowledge_base,
         retriever=retriever,
+        tools=build_tools(settings, retriever),
+        memory=ConversationMemory(settings.memory_conversations, settings.memory_messages, settings.memory_seconds),
         audio_library=audio_library,
     )

@@ -104,6 +104,16 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
+def _endpoints(value: str) -> tuple[str, ...]:
+    names = _comma_list(value)
+    if names == ("none",):
+        return ()
+    unknown = set(names) - {"chat", "rag"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"expected chat, rag or none, got {', '.join(sorted(unknown))}")
+    return names
+
+
 _PORT = _number(int, 0, 65535)
 _COUNT = _number(int, 1)
 _RETRIES = _number(int, 0, 10)
@@ -221,6 +231,31 @@ class Settings:
         DEFAULT_WAITING_MESSAGES, "waiting messages, separated by '|'", env="RAG_WAITING_MESSAGES", parse=_messages
     )
     rag_template: str = setting(DEFAULT_RAG_TEMPLATE, "the knowledge system message; {passages}", env="RAG_TEMPLATE")
+    server_tools: tuple[str, ...] = setting(
+        ("chat", "rag"),
+        "endpoints whose requests get the server's tools (comma-separated: chat, rag; none for no tools)",
+        env="SERVER_TOOLS",
+        parse=_endpoints,
+    )
+    tools_file: str | None = setting(
+        None, "webhook tools and MCP servers (default: DATA_DIR/tools.json, if it exists)", env="TOOLS_FILE"
+    )
+    tool_passes: int = setting(
+        5, "most upstream passes of one answer's tool loop", env="TOOL_PASSES", parse=_number(int, 1, 20)
+    )
+    tool_timeout: float = setting(
+        10.0, "seconds a tool call may take (a tool may set its own)", env="TOOL_TIMEOUT", parse=_SECONDS
+    )
+    tool_result_chars: int = setting(
+        4000, "longest tool result given to the model", env="TOOL_RESULT_CHARS", parse=_COUNT
+    )
+    memory_conversations: int = setting(
+        1000, "conversations whose tool exchanges are remembered", env="MEMORY_CONVERSATIONS", parse=_COUNT
+    )
+    memory_messages: int = setting(40, "messages remembered per conversation", env="MEMORY_MESSAGES", parse=_COUNT)
+    memory_seconds: float = setting(
+        3600.0, "how long an idle conversation is remembered", env="MEMORY_SECONDS", parse=_SECONDS
+    )
     audio_dir: str | None = setting(None, "the audio library (default: DATA_DIR/audio)", env="AUDIO_DIR")
     audio_pace: str = setting("realtime", "realtime, burst or an interval in ms", env="AUDIO_PACE", parse=_pace)
     audio_max_bytes: int = setting(25 * 1024 * 1024, "largest upload", env="AUDIO_MAX_BYTES", parse=_COUNT)
@@ -235,6 +270,10 @@ class Settings:
     @property
     def knowledge_path(self) -> str:
         return self.knowledge_file or os.path.join(self.data_dir, "knowledge.json")
+
+    @property
+    def tools_path(self) -> str:
+        return self.tools_file or os.path.join(self.data_dir, "tools.json")
 
     @property
     def audio_path(self) -> str:

@@ -89,7 +89,8 @@ def settings(request, fake_upstream, tmp_path) -> Settings:
         upstream_retries=0,
         offline_word_delay=0.0,
         data_dir=str(tmp_path / "data"),
-        embeddings="none",  # lexical retrieval, unless a test asks for the model (see semantic_services)
+        embeddings="none",  # lexical retrieval, unless a test asks for the model (see the semantic fixture)
+        server_tools=(),  # requests go upstream as they came, unless a test offers the server's tools
     )
     marker = request.node.get_closest_marker("settings")
     return dataclasses.replace(base, **marker.kwargs) if marker else base

@@ -18,9 +18,13 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from ..protocol.chat_request import include_usage
+from ..protocol.chunks import ChunkFactory
 from ..protocol.errors import ApiError
+from ..protocol.sse import dumps
 from ..request_log import RequestRecord
 from .protocol import Upstream, UpstreamChunk, UpstreamError
+from .tool_loop import ToolUse, Turn, add_usage, exchange_messages
 
 T = TypeVar("T")
 DROPPED_CONNECTION_RETRIES = 3  # immediate: a pool can hold several connections the peer has closed
@@ -78,17 +82,20 @@ class Relay:
         self.upstream = upstream
         self.policy = policy
 
-    async def stream(self, body: dict[str, Any], api_key: str | None, sink: EventSink, record: RequestRecord) -> None:
-        """Streams the upstream's chunks to `sink` as they come, then [DONE]."""
+    async def stream(
+        self,
+        body: dict[str, Any],
+        api_key: str | None,
+        sink: EventSink,
+        record: RequestRecord,
+        tools: ToolUse | None = None,
+    ) -> None:
+        """Streams the upstream's chunks to `sink` as they come, then [DONE]; with `tools`, the tool loop."""
         record.upstream_called_ms = record.elapsed_ms()
-        timeout = self.policy.first_token_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                chunks, first = await self._first_chunk(body, api_key, sink, record)
-        except TimeoutError:
-            raise ApiError(
-                504, f"The upstream LLM sent no token within {timeout:g} s.", code="first_token_timeout"
-            ) from None
+        if tools is not None and tools.tools:
+            await self._stream_with_tools(body, api_key, sink, record, tools)
+            return
+        chunks, first = await self._open(body, api_key, sink, record)
         try:
             if first is not None:
                 record.upstream_first_chunk_ms = record.elapsed_ms()
@@ -100,6 +107,94 @@ class Relay:
             await sink.done()
         finally:
             await chunks.aclose()
+
+    async def _open(
+        self, body: dict[str, Any], api_key: str | None, sink: EventSink, record: RequestRecord
+    ) -> tuple[AsyncIterator[UpstreamChunk], UpstreamChunk | None]:
+        """The stream and its first chunk, within the first-token deadline."""
+        timeout = self.policy.first_token_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._first_chunk(body, api_key, sink, record)
+        except TimeoutError:
+            raise ApiError(
+                504, f"The upstream LLM sent no token within {timeout:g} s.", code="first_token_timeout"
+            ) from None
+
+    async def _stream_with_tools(
+        self, body: dict[str, Any], api_key: str | None, sink: EventSink, record: RequestRecord, tools: ToolUse
+    ) -> None:
+        messages = list(body["messages"])
+        identity: tuple[Any, Any, Any] | None = None  # the first pass's id, created and model: the caller's
+        usage: dict[str, Any] | None = None
+        role_sent = False
+        finish_reason = "stop"
+        while True:
+            record.passes += 1
+            last = record.passes >= tools.max_passes
+            chunks, first = await self._open(tools.body_for_pass(body, messages, last), api_key, sink, record)
+            if record.upstream_first_chunk_ms is None and first is not None:
+                record.upstream_first_chunk_ms = record.elapsed_ms()
+            turn = Turn(set(tools.tools))
+            try:
+                chunk = first
+                while chunk is not None:
+                    data = chunk.data
+                    if identity is None:
+                        identity = (data.get("id"), data.get("created"), data.get("model"))
+                    choices = data.get("choices")
+                    if not choices:
+                        usage = add_usage(usage, data.get("usage"))  # the usage chunk: summed, sent at the end
+                    else:
+                        choice = choices[0]
+                        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+                        if choice.get("finish_reason"):
+                            turn.finish_reason = choice["finish_reason"]
+                        shown = turn.delta_for_caller(delta)
+                        if role_sent and "role" in shown:
+                            shown = {key: value for key, value in shown.items() if key != "role"}
+                        role_sent = role_sent or "role" in shown
+                        if record.passes == 1 and shown is delta and not choice.get("finish_reason"):
+                            await sink.send(chunk.raw)  # as the upstream sent it
+                            record.mark_chunk()
+                        elif shown:
+                            envelope = {"id": identity[0], "created": identity[1], "model": identity[2]}
+                            rewritten = {
+                                **data,
+                                **envelope,
+                                "choices": [{**choice, "delta": shown, "finish_reason": None}],
+                            }
+                            rewritten.pop("usage", None)
+                            await sink.send(dumps(rewritten))
+                            record.mark_chunk()
+                    chunk = await anext(chunks, None)
+            finally:
+                await chunks.aclose()
+            server_calls, caller_calls = turn.server_calls(), turn.caller_calls()
+            if server_calls and not last:
+                outcomes = await self._keep_alive(
+                    sink, tools.registry.run_calls([c.as_tool_call() for c in server_calls], tools.tools)
+                )
+                exchange = exchange_messages(turn.joined_text, server_calls, outcomes)
+                tools.on_exchange(exchange, outcomes, bool(caller_calls))
+                if not caller_calls:
+                    messages += exchange
+                    continue
+            finish_reason = "tool_calls" if caller_calls else (turn.finish_reason or "stop")
+            if finish_reason == "tool_calls" and not caller_calls:
+                finish_reason = "stop"  # the pass limit: the server's calls of the last pass are not run
+            break
+        factory = ChunkFactory(
+            str(identity[2] if identity else body.get("model", "")), str(identity[0] if identity else "")
+        )
+        if identity and isinstance(identity[1], int):
+            factory.created = identity[1]
+        await sink.send(dumps(factory.chunk({}, finish_reason=finish_reason)))
+        record.mark_chunk()
+        if usage is not None and include_usage(body):
+            await sink.send(dumps(factory.usage_chunk(usage)))
+            record.mark_chunk()
+        await sink.done()
 
     async def _first_chunk(
         self, body: dict[str, Any], api_key: str | None, sink: EventSink, record: RequestRecord
@@ -141,24 +236,74 @@ class Relay:
             elif not task.cancelled():
                 task.exception()  # retrieved, so a failure met while leaving is not logged as unhandled
 
-    async def complete(self, body: dict[str, Any], api_key: str | None, record: RequestRecord) -> dict[str, Any]:
-        """The upstream's completion, within `completion_timeout` (every attempt included)."""
+    async def complete(
+        self, body: dict[str, Any], api_key: str | None, record: RequestRecord, tools: ToolUse | None = None
+    ) -> dict[str, Any]:
+        """The upstream's completion, within `completion_timeout` (every attempt, and with tools every pass and
+        every tool call, included)."""
         record.upstream_called_ms = record.elapsed_ms()
         timeout = self.policy.completion_timeout
-        budget = RetryBudget(self.policy.retries)
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    record.upstream_attempts += 1
-                    try:
-                        completion = await self.upstream.complete(body, api_key)
-                        break
-                    except UpstreamError as error:
-                        delay = budget.delay_before_retry(error)
-                    await asyncio.sleep(delay)
+                if tools is not None and tools.tools:
+                    return await self._complete_with_tools(body, api_key, record, tools)
+                return await self._complete_once(body, api_key, record)
         except TimeoutError:
             raise ApiError(
                 504, f"The upstream LLM did not answer within {timeout:g} s.", code="completion_timeout"
             ) from None
-        record.upstream_first_chunk_ms = record.elapsed_ms()
+
+    async def _complete_once(self, body: dict[str, Any], api_key: str | None, record: RequestRecord) -> dict[str, Any]:
+        budget = RetryBudget(self.policy.retries)
+        while True:
+            record.upstream_attempts += 1
+            try:
+                completion = await self.upstream.complete(body, api_key)
+                break
+            except UpstreamError as error:
+                delay = budget.delay_before_retry(error)
+            await asyncio.sleep(delay)
+        if record.upstream_first_chunk_ms is None:
+            record.upstream_first_chunk_ms = record.elapsed_ms()
         return completion
+
+    async def _complete_with_tools(
+        self, body: dict[str, Any], api_key: str | None, record: RequestRecord, tools: ToolUse
+    ) -> dict[str, Any]:
+        """The same final message as the stream: the text of every pass, the caller's calls, usage summed."""
+        messages = list(body["messages"])
+        texts: list[str] = []
+        usage: dict[str, Any] | None = None
+        while True:
+            record.passes += 1
+            last = record.passes >= tools.max_passes
+            completion = await self._complete_once(tools.body_for_pass(body, messages, last), api_key, record)
+            usage = add_usage(usage, completion.get("usage"))
+            choices = completion.get("choices") or [{}]
+            message = choices[0].get("message") if isinstance(choices[0].get("message"), dict) else {}
+            if isinstance(message.get("content"), str):
+                texts.append(message["content"])
+            turn = Turn(set(tools.tools))
+            turn.delta_for_caller(
+                {"tool_calls": [{"index": i, **c} for i, c in enumerate(message.get("tool_calls") or [])]}
+            )
+            server_calls, caller_calls = turn.server_calls(), turn.caller_calls()
+            if server_calls and not last:
+                outcomes = await tools.registry.run_calls([c.as_tool_call() for c in server_calls], tools.tools)
+                exchange = exchange_messages(message.get("content"), server_calls, outcomes)
+                tools.on_exchange(exchange, outcomes, bool(caller_calls))
+                if not caller_calls:
+                    messages += exchange
+                    continue
+            final = {**message, "content": "".join(texts) or None}
+            if caller_calls:
+                final["tool_calls"] = [call.as_message_part() for call in caller_calls]
+            else:
+                final.pop("tool_calls", None)
+            finish_reason = "tool_calls" if caller_calls else choices[0].get("finish_reason") or "stop"
+            if finish_reason == "tool_calls" and not caller_calls:
+                finish_reason = "stop"
+            result = {**completion, "choices": [{**choices[0], "message": final, "finish_reason": finish_reason}]}
+            if usage is not None:
+                result["usage"] = usage
+            return result

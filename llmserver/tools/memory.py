@@ -1,0 +1,149 @@
+"""The memory of a conversation's tool exchanges.
+
+The engine's history carries the user's and the assistant's words, not the server's tool calls and results, so on
+the next turn the model would have forgotten what a tool said ("what was that temperature again?"). Each exchange
+(the assistant's tool calls and the results) is kept per conversation with the user turn that led to it, and
+spliced back into the next request right after that turn — never twice, and never when the caller's history
+already holds those calls. A conversation is keyed by the engine's `context` (appId, userId, channel), else by the
+OpenAI `user` field, else by the X-Conversation-Id header; without any of them nothing is kept.
+
+Bounded by conversations (least recently used first out), messages per conversation (oldest exchanges first out)
+and age.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol.chat_request import message_text
+
+
+@dataclass(frozen=True)
+class Exchange:
+    after_user: str  # the text of the user turn that led to it
+    turn_id: Any  # the engine's turn id of that turn, when it sent one
+    messages: tuple[dict[str, Any], ...]  # the assistant's tool calls, then one tool message per call
+    at: float = field(default_factory=time.time)
+
+    def call_ids(self) -> set[str]:
+        return {call["id"] for message in self.messages for call in message.get("tool_calls") or []} | {
+            message["tool_call_id"] for message in self.messages if message.get("role") == "tool"
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"after_user": self.after_user, "turn_id": self.turn_id, "at": self.at, "messages": list(self.messages)}
+
+
+@dataclass
+class _Conversation:
+    exchanges: list[Exchange] = field(default_factory=list)
+    used: float = field(default_factory=time.time)
+
+    def message_count(self) -> int:
+        return sum(len(exchange.messages) for exchange in self.exchanges)
+
+
+def conversation_key(engine_fields: Mapping[str, Any], user: Any, header: str | None) -> str | None:
+    context = engine_fields.get("context")
+    if isinstance(context, dict):
+        parts = [context.get(name) for name in ("appId", "userId", "channel")]
+        if any(isinstance(part, (str, int)) and str(part) for part in parts):
+            return "agora:" + ":".join(str(part or "") for part in parts)
+    if isinstance(user, str) and user:
+        return f"user:{user}"
+    if header:
+        return f"header:{header}"
+    return None
+
+
+class ConversationMemory:
+    def __init__(self, conversations: int = 1000, messages: int = 40, max_age: float = 3600.0) -> None:
+        self.max_conversations = conversations
+        self.max_messages = messages
+        self.max_age = max_age
+        self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, key: str, exchange: Exchange) -> None:
+        with self._lock:
+            self._expire()
+            conversation = self._conversations.pop(key, None) or _Conversation()
+            conversation.exchanges.append(exchange)
+            conversation.used = time.time()
+            while conversation.message_count() > self.max_messages and len(conversation.exchanges) > 1:
+                conversation.exchanges.pop(0)
+            self._conversations[key] = conversation
+            while len(self._conversations) > self.max_conversations:
+                self._conversations.popitem(last=False)
+
+    def splice(self, key: str, messages: list[dict[str, Any]], turn_ids: Sequence[Any]) -> list[dict[str, Any]]:
+        """`messages` with the conversation's exchanges put back after the user turns that led to them.
+        `turn_ids` are the engine's per-message turn ids (None where it sent none)."""
+        with self._lock:
+            self._expire()
+            conversation = self._conversations.get(key)
+            if conversation is None:
+                return messages
+            self._conversations.move_to_end(key)
+            conversation.used = time.time()
+            exchanges = list(conversation.exchanges)
+        present = {call["id"] for m in messages for call in m.get("tool_calls") or [] if isinstance(call, dict)}
+        present |= {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+        inserts: dict[int, list[dict[str, Any]]] = {}
+        for exchange in exchanges:
+            if exchange.call_ids() & present:
+                continue  # the caller sent these already
+            position = _user_turn(messages, turn_ids, exchange)
+            if position is None:
+                continue  # that turn is no longer in the history the caller sends
+            inserts.setdefault(position, []).extend(exchange.messages)
+        if not inserts:
+            return messages
+        spliced: list[dict[str, Any]] = []
+        for index, message in enumerate(messages):
+            spliced.append(message)
+            spliced.extend(inserts.get(index, []))
+        return spliced
+
+    def conversations(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self._expire()
+            return [
+                {"key": key, "exchanges": len(c.exchanges), "messages": c.message_count(), "used": round(c.used, 3)}
+                for key, c in reversed(self._conversations.items())
+            ]
+
+    def get(self, key: str) -> list[dict[str, Any]] | None:
+        with self._lock:
+            conversation = self._conversations.get(key)
+            return None if conversation is None else [exchange.to_dict() for exchange in conversation.exchanges]
+
+    def forget(self, key: str) -> bool:
+        with self._lock:
+            return self._conversations.pop(key, None) is not None
+
+    def _expire(self) -> None:
+        oldest = time.time() - self.max_age
+        for key in [key for key, c in self._conversations.items() if c.used < oldest]:
+            del self._conversations[key]
+
+
+def _user_turn(messages: Sequence[dict[str, Any]], turn_ids: Sequence[Any], exchange: Exchange) -> int | None:
+    """The index of the user turn an exchange followed: by the engine's turn id, else by its words (the latest)."""
+    if exchange.turn_id is not None:
+        for index, message in enumerate(messages):
+            if message.get("role") == "user" and index < len(turn_ids) and turn_ids[index] == exchange.turn_id:
+                return index
+    # By its words, the latest such turn; never a user turn that ends the history (the new question: nothing has
+    # been exchanged after it yet, whatever an earlier turn with the same words led to).
+    last = len(messages) - 1 if messages and messages[-1].get("role") == "user" else len(messages)
+    for index in range(last - 1, -1, -1):
+        message = messages[index]
+        if message.get("role") == "user" and message_text(message).strip() == exchange.after_user:
+            return index
+    return None

@@ -1,0 +1,185 @@
+"""The registry: every tool the server can run, from every source, under one name space; which of them a request
+gets; and running calls — arguments validated against the tool's JSON schema (jsonschema), each call with its
+timeout and a cap on its result, failures turned into results the model can talk about."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import jsonschema
+
+logger = logging.getLogger("llmserver.tools")
+
+ToolFunction = Callable[[dict[str, Any]], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]  # a JSON schema of the arguments
+    source: str  # "builtin", "webhook", "mcp:<server>"
+    run: ToolFunction = field(repr=False, compare=False)
+    timeout: float | None = None  # seconds; None: the registry's default
+
+    def openai(self) -> dict[str, Any]:
+        """As OpenAI's `tools` list holds it."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+class ToolSource(Protocol):
+    """Where tools come from. `tools()` is what it offers now; `state()` says how it is doing."""
+
+    name: str
+
+    def tools(self) -> list[Tool]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    async def reload(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # the JSON text the model wrote
+
+
+@dataclass
+class ToolOutcome:
+    call: ToolCall
+    source: str
+    content: str  # what goes back to the model
+    ok: bool
+    ms: float
+    error: str | None = None
+
+
+class ToolRegistry:
+    def __init__(
+        self,
+        sources: Sequence[ToolSource],
+        *,
+        default_timeout: float = 10.0,
+        result_chars: int = 4000,
+    ) -> None:
+        self.sources = list(sources)
+        self.default_timeout = default_timeout
+        self.result_chars = result_chars
+        self.disabled: set[str] = set()
+
+    def all_tools(self) -> dict[str, Tool]:
+        """Every tool by name; when two sources offer the same name, the first source's wins (and it is logged)."""
+        tools: dict[str, Tool] = {}
+        for source in self.sources:
+            for tool in source.tools():
+                if tool.name in tools:
+                    logger.warning(
+                        "tool %r of %s is hidden by the one of %s", tool.name, tool.source, tools[tool.name].source
+                    )
+                    continue
+                tools[tool.name] = tool
+        return tools
+
+    def offered(self, caller_tools: Iterable[Any]) -> dict[str, Tool]:
+        """The server's enabled tools for a request, less those whose names the caller's own tools use: the caller's
+        win (their calls stream to the caller, as without server tools)."""
+        caller_names = {
+            tool.get("function", {}).get("name")
+            for tool in caller_tools
+            if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
+        }
+        offered = {}
+        for name, tool in self.all_tools().items():
+            if name in self.disabled:
+                continue
+            if name in caller_names:
+                logger.info("tool %r: the caller's own tool of that name is used, not the server's", name)
+                continue
+            offered[name] = tool
+        return offered
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": tool.name,
+                "description": tool.description,
+                "parameters": tool.parameters,
+                "source": tool.source,
+                "enabled": tool.name not in self.disabled,
+                "timeout": tool.timeout or self.default_timeout,
+            }
+            for tool in self.all_tools().values()
+        ]
+
+    def states(self) -> list[dict[str, Any]]:
+        return [source.state() for source in self.sources]
+
+    async def reload(self) -> None:
+        await asyncio.gather(*(source.reload() for source in self.sources))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(source.aclose() for source in self.sources), return_exceptions=True)
+
+    async def run_calls(self, calls: Sequence[ToolCall], tools: dict[str, Tool]) -> list[ToolOutcome]:
+        """Runs the calls concurrently; never raises for a tool's failure (cancellation goes through)."""
+        return list(await asyncio.gather(*(self.run_call(call, tools) for call in calls)))
+
+    async def run_call(self, call: ToolCall, tools: dict[str, Tool]) -> ToolOutcome:
+        started = time.perf_counter()
+        tool = tools.get(call.name)
+
+        def outcome(content: str, ok: bool, error: str | None = None) -> ToolOutcome:
+            ms = round((time.perf_counter() - started) * 1000, 3)
+            return ToolOutcome(call, tool.source if tool else "unknown", self._capped(content), ok, ms, error)
+
+        if tool is None:
+            return outcome(_error_text(f"there is no tool named {call.name!r}"), False, "unknown tool")
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError as exc:
+            return outcome(_error_text(f"the arguments are not valid JSON ({exc.msg})"), False, "invalid arguments")
+        try:
+            jsonschema.validate(arguments, tool.parameters)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(part) for part in exc.absolute_path) or "the arguments"
+            return outcome(_error_text(f"invalid arguments at {where}: {exc.message}"), False, "invalid arguments")
+        except jsonschema.SchemaError:
+            return outcome(_error_text("the tool's own schema is invalid"), False, "invalid schema")
+        timeout = tool.timeout or self.default_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                content = await tool.run(arguments)
+        except TimeoutError:
+            return outcome(_error_text(f"the tool did not answer within {timeout:g} s"), False, "timeout")
+        except ToolFailure as exc:
+            return outcome(_error_text(str(exc)), False, str(exc))
+        except Exception as exc:  # a tool's bug must not break the stream: the model hears of it instead
+            logger.warning("tool %r failed: %r", call.name, exc)
+            return outcome(_error_text("the tool failed"), False, type(exc).__name__)
+        return outcome(content, True)
+
+    def _capped(self, content: str) -> str:
+        if len(content) <= self.result_chars:
+            return content
+        return content[: self.result_chars] + f"… [cut at {self.result_chars} characters]"
+
+
+class ToolFailure(Exception):
+    """A tool's refusal or failure, in words the model can pass on."""
+
+
+def _error_text(message: str) -> str:
+    return json.dumps({"error": message})

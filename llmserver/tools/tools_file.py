@@ -1,0 +1,165 @@
+"""The operator's tools file (TOOLS_FILE, JSON): HTTP webhook tools and MCP servers, checked against a JSON schema
+at start and on reload. `${NAME}` in a URL, header or environment value is read from the server's environment, so
+secrets stay out of the file."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from ..protocol.errors import ServiceError
+from ..protocol.json_body import InvalidJson, parse_json
+
+TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+FILE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "tools": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "description", "url"],
+                "properties": {
+                    "name": {"type": "string", "pattern": TOOL_NAME},
+                    "description": {"type": "string", "minLength": 1},
+                    "parameters": {"type": "object"},
+                    "url": {"type": "string", "pattern": r"^https?://"},
+                    "method": {"enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+                },
+            },
+        },
+        "mcp_servers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "pattern": TOOL_NAME},
+                    "url": {"type": "string", "pattern": r"^https?://"},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "command": {"type": "string", "minLength": 1},
+                    "args": {"type": "array", "items": {"type": "string"}},
+                    "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+                },
+                "oneOf": [{"required": ["url"]}, {"required": ["command"]}],
+            },
+        },
+    },
+}
+DEFAULT_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+class ToolsFileError(ServiceError):
+    pass
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    url: str
+    method: str = "POST"
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class McpServerConfig:
+    name: str
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    webhooks: tuple[WebhookConfig, ...] = ()
+    mcp_servers: tuple[McpServerConfig, ...] = ()
+
+
+def _expand(text: str, where: str) -> str:
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ToolsFileError(f"{where} uses ${{{name}}}, which is not set in the server's environment.")
+        return os.environ[name]
+
+    return _VARIABLE.sub(value, text)
+
+
+def _expand_all(values: dict[str, str], where: str) -> dict[str, str]:
+    return {key: _expand(text, f"{where} ({key})") for key, text in values.items()}
+
+
+def load_tools_file(path: str | None) -> ToolsConfig:
+    """The tools file's contents; no file is no tools. Raises ToolsFileError naming the file and the problem."""
+    if not path or not os.path.exists(path):
+        return ToolsConfig()
+    try:
+        with open(path, "rb") as handle:
+            data = parse_json(handle.read(), what=path)
+    except OSError as exc:
+        raise ToolsFileError(f"{path}: cannot be read ({exc.strerror}).") from None
+    except InvalidJson as exc:
+        raise ToolsFileError(str(exc)) from None
+    return parse_tools(data, path)
+
+
+def parse_tools(data: Any, where: str) -> ToolsConfig:
+    try:
+        jsonschema.validate(data, FILE_SCHEMA)
+    except jsonschema.ValidationError as exc:
+        path = "/".join(str(part) for part in exc.absolute_path) or "the top level"
+        raise ToolsFileError(f"{where}: at {path}: {exc.message}") from None
+    webhooks = []
+    for entry in data.get("tools", []):
+        parameters = entry.get("parameters", DEFAULT_PARAMETERS)
+        try:
+            jsonschema.validators.validator_for(parameters).check_schema(parameters)
+        except jsonschema.SchemaError as exc:
+            raise ToolsFileError(
+                f"{where}: tool {entry['name']!r}: its parameters are not a JSON schema ({exc.message})"
+            ) from None
+        webhooks.append(
+            WebhookConfig(
+                entry["name"],
+                entry["description"],
+                parameters,
+                _expand(entry["url"], f"tool {entry['name']!r} url"),
+                entry.get("method", "POST"),
+                _expand_all(entry.get("headers", {}), f"tool {entry['name']!r} headers"),
+                entry.get("timeout"),
+            )
+        )
+    servers = [
+        McpServerConfig(
+            entry["name"],
+            _expand(entry["url"], f"MCP server {entry['name']!r} url") if "url" in entry else None,
+            _expand_all(entry.get("headers", {}), f"MCP server {entry['name']!r} headers"),
+            entry.get("command"),
+            tuple(entry.get("args", ())),
+            _expand_all(entry.get("env", {}), f"MCP server {entry['name']!r} env"),
+            entry.get("timeout"),
+        )
+        for entry in data.get("mcp_servers", [])
+    ]
+    names = [w.name for w in webhooks]
+    if len(names) != len(set(names)):
+        raise ToolsFileError(f"{where}: two webhook tools share a name.")
+    return ToolsConfig(tuple(webhooks), tuple(servers))
