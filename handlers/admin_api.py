@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import tornado.ioloop
 from llmserver.knowledge.query import RetrievalQuery, conversation_query, single_query
 from llmserver.protocol.errors import ApiError
 from llmserver.protocol.json_body import parse_json
+from llmserver.tools.registry import ToolCall
 
 from .auth import AdminAccess
 from .base import ApiHandler
@@ -191,6 +193,81 @@ class AudioWavHandler(AdminApiHandler):
         self.finish(wav)
 
 
+class ToolsHandler(AdminApiHandler):
+    """GET /admin/api/tools: every tool with its source, schema and state, and each source's state."""
+
+    def get(self) -> None:
+        tools = self.services.tools
+        self.write_json(
+            {"tools": tools.describe(), "sources": tools.states(), "endpoints": list(self.config.server_tools)}
+        )
+
+
+class ToolsReloadHandler(AdminApiHandler):
+    """POST /admin/api/tools/reload: the tools file read again, every MCP server asked for its tools again."""
+
+    async def post(self) -> None:
+        await self.services.reload_tools()
+        tools = self.services.tools
+        self.write_json({"tools": tools.describe(), "sources": tools.states()})
+
+
+class ToolHandler(AdminApiHandler):
+    """PUT /admin/api/tools/{name} with {"enabled": bool}: offer the tool, or not."""
+
+    def put(self, name: str) -> None:
+        tools = self.services.tools
+        if name not in tools.all_tools():
+            raise ApiError(404, f"No tool named {name!r}.", param="name", code="not_found")
+        enabled = self.json_object().get("enabled")
+        if not isinstance(enabled, bool):
+            raise ApiError(400, "'enabled' must be true or false.", param="enabled")
+        if enabled:
+            tools.disabled.discard(name)
+        else:
+            tools.disabled.add(name)
+        self.write_json(next(tool for tool in tools.describe() if tool["name"] == name))
+
+
+class ToolCallHandler(AdminApiHandler):
+    """POST /admin/api/tools/{name}/call with {"arguments": {...}}: try the tool, as the model would call it."""
+
+    async def post(self, name: str) -> None:
+        tools = self.services.tools
+        available = tools.all_tools()
+        if name not in available:
+            raise ApiError(404, f"No tool named {name!r}.", param="name", code="not_found")
+        arguments = self.json_object().get("arguments", {})
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        outcome = await tools.run_call(ToolCall("try-it", name, text), available)
+        self.write_json(
+            {"name": name, "ok": outcome.ok, "ms": outcome.ms, "result": outcome.content, "error": outcome.error}
+        )
+
+
+class ConversationsHandler(AdminApiHandler):
+    """GET /admin/api/conversations: the conversations whose tool exchanges are remembered."""
+
+    def get(self) -> None:
+        self.write_json({"conversations": self.services.memory.conversations()})
+
+
+class ConversationHandler(AdminApiHandler):
+    """GET or DELETE /admin/api/conversations/{key}: one conversation's remembered exchanges."""
+
+    def get(self, key: str) -> None:
+        exchanges = self.services.memory.get(key)
+        if exchanges is None:
+            raise ApiError(404, f"No conversation {key!r} is remembered.", param="key", code="not_found")
+        self.write_json({"key": key, "exchanges": exchanges})
+
+    def delete(self, key: str) -> None:
+        if not self.services.memory.forget(key):
+            raise ApiError(404, f"No conversation {key!r} is remembered.", param="key", code="not_found")
+        self.set_status(204)
+        self.finish()
+
+
 class StatusHandler(AdminApiHandler):
     def get(self) -> None:
         services = self.services
@@ -221,6 +298,12 @@ default_handlers = [
     (r"/admin/api/knowledge\.json", KnowledgeFileHandler),
     (rf"/admin/api/knowledge/{_ONE}/passages", KnowledgePassagesHandler),
     (rf"/admin/api/knowledge/{_ONE}", KnowledgeDocumentHandler),
+    (r"/admin/api/tools", ToolsHandler),
+    (r"/admin/api/tools/reload", ToolsReloadHandler),
+    (rf"/admin/api/tools/{_ONE}/call", ToolCallHandler),
+    (rf"/admin/api/tools/{_ONE}", ToolHandler),
+    (r"/admin/api/conversations", ConversationsHandler),
+    (rf"/admin/api/conversations/{_ONE}", ConversationHandler),
     (r"/admin/api/audio", AudioCollectionHandler),
     (rf"/admin/api/audio/{_ONE}\.wav", AudioWavHandler),
     (rf"/admin/api/audio/{_ONE}/activate", AudioActivateHandler),

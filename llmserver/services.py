@@ -78,16 +78,19 @@ class Services:
         for its tools again."""
         config = load_tools_file(self.settings.tools_path)
         sources: list = [source for source in self.tools.sources if not isinstance(source, McpServerTools)]
-        known = {s.config: s for s in self.tools.sources if isinstance(s, McpServerTools)}
+        known = [s for s in self.tools.sources if isinstance(s, McpServerTools)]
         for source in sources:
             if isinstance(source, WebhookTools):
                 source.configure(config)
         servers = []
         for server in config.mcp_servers:
-            source = known.pop(server, None) or McpServerTools(server)
+            same = next((s for s in known if s.config == server), None)  # unchanged: keep its connection
+            if same is not None:
+                known.remove(same)
+            source = same or McpServerTools(server)
             source.start()
             servers.append(source)
-        for gone in known.values():
+        for gone in known:
             await gone.aclose()
         self.tools.sources = [*sources, *servers]
         await self.tools.reload()

@@ -107,6 +107,44 @@ def _words(n: int) -> list[str]:
     return [f"word{i} " for i in range(n)]
 
 
+@dataclass
+class ScriptedTurn:
+    """One answer the fake gives, in place of its words: some text, then tool calls (the arguments as a dict, or as
+    the raw text a model might write), each streamed in fragments as OpenAI streams them."""
+
+    text: str = ""
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+
+    def deltas(self, turn_number: int) -> list[dict]:
+        deltas: list[dict] = [{"content": piece + " "} for piece in self.text.split()] if self.text else []
+        for index, (name, arguments) in enumerate(self.calls):
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            head = {"index": index, "id": f"call_t{turn_number}_{index}", "type": "function"}
+            deltas.append({"tool_calls": [{**head, "function": {"name": name, "arguments": ""}}]})
+            third = max(1, len(text) // 3)
+            for start in range(0, len(text), third):
+                deltas.append(
+                    {"tool_calls": [{"index": index, "function": {"arguments": text[start : start + third]}}]}
+                )
+        return deltas or [{"content": ""}]
+
+    def message(self, turn_number: int) -> dict:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text or None, "refusal": None}
+        if self.calls:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_t{turn_number}_{index}",
+                    "type": "function",
+                    "function": {
+                        "name": name,
+                        "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                    },
+                }
+                for index, (name, arguments) in enumerate(self.calls)
+            ]
+        return message
+
+
 def _tool_call_deltas() -> list[dict]:
     arguments = ['{"city"', ': "Par', 'is"}']
     first = {"index": 0, "id": "call_fake1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
@@ -164,11 +202,15 @@ class ChatHandler(_FakeHandler):
         model = body.get("model", "fake-model")
         completion_id = f"chatcmpl-fake{len(fake.requests)}"
         created = int(time.time())
+        scripted = fake.script.pop(0) if fake.script else None
         if not body.get("stream") or behaviour.ignore_stream:
             text = "".join(_words(behaviour.words))
             message = {"role": "assistant", "content": text, "refusal": None}
+            if scripted is not None:
+                message = scripted.message(len(fake.requests))
             usage = {"prompt_tokens": 3, "completion_tokens": behaviour.words, "total_tokens": 3 + behaviour.words}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+            finish = "tool_calls" if message.get("tool_calls") else "stop"
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             self.set_header("Content-Type", "application/json")
             self.finish(
                 json.dumps(
@@ -194,10 +236,16 @@ class ChatHandler(_FakeHandler):
             await asyncio.Event().wait()
         if behaviour.first_chunk_delay:
             await asyncio.sleep(behaviour.first_chunk_delay)
-        deltas = _tool_call_deltas() if behaviour.tool_call else [{"content": w} for w in _words(behaviour.words)]
+        if scripted is not None:
+            deltas = scripted.deltas(len(fake.requests))
+        elif behaviour.tool_call:
+            deltas = _tool_call_deltas()
+        else:
+            deltas = [{"content": w} for w in _words(behaviour.words)]
         deltas[0] = {"role": "assistant", **deltas[0]}
         events = [json.dumps(_chunk(completion_id, created, model, d)) for d in deltas]
-        finish = "tool_calls" if behaviour.tool_call else "stop"
+        calls = scripted.calls if scripted is not None else behaviour.tool_call
+        finish = "tool_calls" if calls else "stop"
         events.append(json.dumps(_chunk(completion_id, created, model, {}, finish)))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": 3, "completion_tokens": len(deltas), "total_tokens": 3 + len(deltas)}
@@ -243,6 +291,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.behaviour = Behaviour()
         self.requests: list[ReceivedRequest] = []
+        self.script: list[ScriptedTurn] = []  # the next answers, one per chat request, before the words
         app = tornado.web.Application(
             [
                 (r"/v1/chat/completions", ChatHandler, {"fake": self}),

@@ -186,3 +186,15 @@ def test_the_default_data_directory_is_ignored_by_git():
     assert load_settings([], {}).data_dir == "data"
     ignored = subprocess.run(["git", "check-ignore", "-q", "data/knowledge.json"], cwd=ROOT)
     assert ignored.returncode == 0, "data/ must be in .gitignore: operator data never lands in the tracked tree"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_invalid_tools_file_stops_the_start_naming_the_problem(tmp_path, io_loop):
+    tools = tmp_path / "tools.json"
+    tools.write_text('{"tools": [{"name": "hook", "description": "d", "url": "http://h/${UNSET_FOR_THIS_TEST}"}]}')
+    returncode, stdout, stderr = await run_until_exit(
+        "--port", "0", "--data-dir", str(tmp_path / "data"), "--tools-file", str(tools)
+    )
+    message = stderr.decode()
+    assert returncode == 2 and "invalid tools file" in message and "UNSET_FOR_THIS_TEST" in message
+    assert "Traceback" not in message

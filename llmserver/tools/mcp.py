@@ -3,8 +3,8 @@ are discovered when the server connects (at start, after a reconnection, and on 
 registry like any other.
 
 Each server has one connection, kept by a background task (the `mcp` client is an async context, entered and left
-in that task). A server that is down at start, or that goes away, is tried again with growing pauses, and at once
-on reload; meanwhile its tools are not offered and its state says why.
+in that task), which pings it every few seconds. A server that is down at start, or that goes away, is tried again
+with growing pauses, and at once on reload; meanwhile its tools are not offered and its state says why.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .tools_file import McpServerConfig
 logger = logging.getLogger("llmserver.tools")
 _OPENAI_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RETRY_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0)
+HEALTH_SECONDS = 5.0
 CONNECT_TIMEOUT = 10.0
 
 
@@ -71,10 +72,13 @@ class McpServerTools:
         except Exception as exc:
             self._lost(exc)
 
-    def _transport(self) -> Any:
+    def _transport(self, stack: contextlib.AsyncExitStack) -> Any:
         config = self.config
         if config.url:
-            http = httpx2.AsyncClient(headers=config.headers, timeout=httpx2.Timeout(30.0, connect=CONNECT_TIMEOUT))
+            timeout = httpx2.Timeout(30.0, connect=CONNECT_TIMEOUT)
+            # The SDK leaves a client it was given open: the stack closes it with the connection.
+            http = httpx2.AsyncClient(headers=config.headers, timeout=timeout)
+            stack.push_async_callback(http.aclose)
             return streamable_http_client(config.url, http_client=http)
         return StdioServerParameters(command=config.command or "", args=list(config.args), env=config.env or None)
 
@@ -82,14 +86,16 @@ class McpServerTools:
         attempt = 0
         while not self._closed:
             try:
-                async with Client(self._transport(), read_timeout_seconds=self.config.timeout) as client:
+                async with contextlib.AsyncExitStack() as stack, Client(
+                    self._transport(stack), read_timeout_seconds=self.config.timeout
+                ) as client:
                     await self._discover(client)
                     self._client = client
                     self.error = None
                     attempt = 0
                     self.connected.set()
                     logger.info("MCP server %s: %d tool(s)", self.config.name, len(self._tools))
-                    await self._lost_connection.wait()
+                    await self._watch(client)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # down, refusing, or gone: try again later
@@ -104,6 +110,22 @@ class McpServerTools:
                 async with asyncio.timeout(pause):
                     await self._retry_now.wait()
             self._retry_now.clear()
+
+    async def _watch(self, client: Client) -> None:
+        """Returns when the connection is lost: a call failed, or a ping every HEALTH_SECONDS went unanswered
+        (over streamable HTTP nothing else would tell that the server went away)."""
+        while not self._lost_connection.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEALTH_SECONDS):
+                    await self._lost_connection.wait()
+                    return
+            try:
+                async with asyncio.timeout(HEALTH_SECONDS):
+                    await client.send_ping()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._lost(exc)
 
     def _lost(self, exc: BaseException) -> None:
         self.error = f"unreachable ({type(exc).__name__})"
@@ -158,7 +180,8 @@ class McpServerTools:
 
 
 def _result_text(result: Any) -> str:
-    if result.structured_content is not None:
-        return json.dumps(result.structured_content, ensure_ascii=False)
+    """The result's text for the model; its structured content when it has no text."""
     parts = [block.text for block in result.content if getattr(block, "type", None) == "text"]
-    return "\n".join(parts)
+    if parts or result.structured_content is None:
+        return "\n".join(parts)
+    return json.dumps(result.structured_content, ensure_ascii=False)

@@ -24,7 +24,7 @@ from ..protocol.errors import ApiError
 from ..protocol.sse import dumps
 from ..request_log import RequestRecord
 from .protocol import Upstream, UpstreamChunk, UpstreamError
-from .tool_loop import ToolUse, Turn, add_usage, exchange_messages
+from .tool_loop import ToolUse, add_usage, exchange_messages
 
 T = TypeVar("T")
 DROPPED_CONNECTION_RETRIES = 3  # immediate: a pool can hold several connections the peer has closed
@@ -135,7 +135,7 @@ class Relay:
             chunks, first = await self._open(tools.body_for_pass(body, messages, last), api_key, sink, record)
             if record.upstream_first_chunk_ms is None and first is not None:
                 record.upstream_first_chunk_ms = record.elapsed_ms()
-            turn = Turn(set(tools.tools))
+            turn = tools.turn(body)
             try:
                 chunk = first
                 while chunk is not None:
@@ -283,7 +283,7 @@ class Relay:
             message = choices[0].get("message") if isinstance(choices[0].get("message"), dict) else {}
             if isinstance(message.get("content"), str):
                 texts.append(message["content"])
-            turn = Turn(set(tools.tools))
+            turn = tools.turn(body)
             turn.delta_for_caller(
                 {"tool_calls": [{"index": i, **c} for i, c in enumerate(message.get("tool_calls") or [])]}
             )

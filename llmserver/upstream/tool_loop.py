@@ -33,6 +33,14 @@ class ToolUse:
     max_passes: int
     on_exchange: ExchangeListener = lambda messages, outcomes, mixed: None
 
+    def turn(self, body: dict[str, Any]) -> Turn:
+        caller = {
+            tool["function"].get("name")
+            for tool in body.get("tools") or []
+            if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
+        }
+        return Turn(set(self.tools), caller)
+
     def body_for_pass(self, body: dict[str, Any], messages: list[dict[str, Any]], last: bool) -> dict[str, Any]:
         caller_tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
         server_tools = [] if last else [tool.openai() for tool in self.tools.values()]
@@ -65,8 +73,11 @@ class _Call:
 class Turn:
     """One pass of the upstream, as it streams: its text and its tool calls, and the delta the caller may see."""
 
-    def __init__(self, server_names: set[str]) -> None:
+    def __init__(self, server_names: set[str], caller_names: set[str]) -> None:
+        # A call to a name neither side offers (a model's invention) is the server's to answer with an error the
+        # model can correct; only the caller's own tools ever reach the caller.
         self.server_names = server_names
+        self.caller_names = caller_names
         self.calls: dict[int, _Call] = {}
         self.text: list[str] = []
         self.finish_reason: str | None = None
@@ -94,7 +105,7 @@ class Turn:
             if isinstance(function.get("arguments"), str):
                 call.arguments += function["arguments"]
             if call.server is None and call.name:
-                call.server = call.name in self.server_names
+                call.server = call.name in self.server_names or call.name not in self.caller_names
             if call.server is None:
                 call.pending.append(part)
             elif not call.server:

@@ -1,0 +1,93 @@
+"""The memory of conversations' tool exchanges: keys, splicing, and its bounds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from llmserver.tools.memory import ConversationMemory, Exchange, conversation_key
+
+
+def exchange(call_id: str, after: str = "What is the weather?", turn_id=None) -> Exchange:
+    call = {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    return Exchange(
+        after,
+        turn_id,
+        (
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call_id, "content": "18 degrees"},
+        ),
+    )
+
+
+def history(*texts: str) -> list[dict]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(texts)]
+
+
+def test_the_conversation_key_prefers_the_engines_context_then_user_then_header():
+    context = {"context": {"appId": "a", "userId": "u", "channel": "c"}}
+    assert conversation_key(context, "someone", "h1") == "agora:a:u:c"
+    assert conversation_key({"context": {"presence": {}}}, "someone", "h1") == "user:someone"
+    assert conversation_key({}, None, "h1") == "header:h1"
+    assert conversation_key({}, None, None) is None
+
+
+def test_an_exchange_goes_back_after_the_user_turn_that_led_to_it_by_turn_id_or_words():
+    memory = ConversationMemory()
+    memory.remember("k", exchange("call_1", turn_id=1))
+    messages = history("What is the weather?", "It is 18 degrees.", "And tomorrow?")
+    spliced = memory.splice("k", messages, [1, 1, 2])
+    assert [m["role"] for m in spliced] == ["user", "assistant", "tool", "assistant", "user"]
+    by_words = ConversationMemory()
+    by_words.remember("k", exchange("call_1"))
+    assert [m["role"] for m in by_words.splice("k", messages, [])] == ["user", "assistant", "tool", "assistant", "user"]
+    # The new question is never the turn an old exchange followed, even with the same words.
+    assert by_words.splice("k", history("What is the weather?"), []) == history("What is the weather?")
+
+
+def test_nothing_is_duplicated_and_a_turn_no_longer_in_the_history_is_skipped():
+    memory = ConversationMemory()
+    memory.remember("k", exchange("call_1"))
+    once = memory.splice("k", history("What is the weather?", "18.", "Thanks"), [])
+    assert memory.splice("k", once, []) == once
+    assert memory.splice("k", history("Something else", "ok", "Thanks"), []) == history(
+        "Something else", "ok", "Thanks"
+    )
+
+
+def test_bounds_conversations_messages_and_age(monkeypatch):
+    memory = ConversationMemory(conversations=2, messages=4, max_age=60)
+    for n in range(3):
+        memory.remember(f"k{n}", exchange(f"call_{n}"))
+    assert [c["key"] for c in memory.conversations()] == ["k2", "k1"]  # the least recently used went first
+    for n in range(5):
+        memory.remember("k2", exchange(f"more_{n}"))
+    assert memory.conversations()[0]["messages"] == 4  # two exchanges of two messages: the oldest went
+    assert [e["messages"][1]["tool_call_id"] for e in memory.get("k2")] == ["more_3", "more_4"]
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert memory.conversations() == []
+    assert memory.forget("k2") is False
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"tools": [{"name": "x y", "description": "d", "url": "http://h"}]}', "does not match"),
+        ('{"tools": [{"name": "x", "description": "d", "url": "ftp://h"}]}', "does not match"),
+        ('{"tools": [{"name": "x", "description": "d", "url": "http://h/${NOT_SET_ANYWHERE}"}]}', "NOT_SET_ANYWHERE"),
+        ('{"tools": [{"name": "x", "description": "d", "url": "http://h", "parameters": {"type": 7}}]}', "JSON schema"),
+        ('{"mcp_servers": [{"name": "m"}]}', "is not valid"),
+        ('{"unknown": 1}', "Additional properties"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_a_bad_tools_file_is_refused_naming_the_problem(tmp_path, content, message):
+    from llmserver.tools.tools_file import ToolsFileError, load_tools_file
+
+    path = tmp_path / "tools.json"
+    path.write_text(content)
+    with pytest.raises(ToolsFileError) as refused:
+        load_tools_file(str(path))
+    assert message in str(refused.value)
