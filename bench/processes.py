@@ -12,8 +12,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @contextlib.contextmanager
-def fake_upstream(words: int = 20, first_chunk_delay: float = 0.0, chunk_delay: float = 0.0) -> Iterator[int]:
+def fake_upstream(
+    words: int = 20, first_chunk_delay: float = 0.0, chunk_delay: float = 0.0, call_tool: str | None = None
+) -> Iterator[int]:
     pacing = ["--first-chunk-delay", str(first_chunk_delay), "--chunk-delay", str(chunk_delay)]
+    if call_tool:
+        pacing += ["--call-tool", call_tool]
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fake_upstream", "--words", str(words), *pacing],
         cwd=ROOT,

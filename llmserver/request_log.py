@@ -106,6 +106,7 @@ class RequestRecord:
     retrieval: RetrievalDetails | None = None  # the RAG endpoint's
     audio: AudioDetails | None = None  # the audio endpoint's
     passes: int = 0  # upstream passes of the tool loop (0: no server tools offered)
+    pass_gaps_ms: list[float] = field(default_factory=list)  # from a pass's end to the next pass's call, tools included
     tool_calls: list[ToolCallDetails] = field(default_factory=list)  # the server's, in the order they ran
     conversation: str | None = None  # the memory's key for this conversation, when it has one
     key: str = ""  # unique: this server process and the record's number in it
@@ -137,6 +138,7 @@ class RequestRecord:
             if data[name] is not None:
                 data[name] = asdict(data[name])
         data["tool_calls"] = [asdict(call) for call in self.tool_calls]
+        data["pass_gaps_ms"] = list(self.pass_gaps_ms)
         return data
 
 

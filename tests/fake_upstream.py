@@ -203,6 +203,9 @@ class ChatHandler(_FakeHandler):
         completion_id = f"chatcmpl-fake{len(fake.requests)}"
         created = int(time.time())
         scripted = fake.script.pop(0) if fake.script else None
+        answered = bool(body.get("messages")) and body["messages"][-1].get("role") == "tool"
+        if scripted is None and fake.call_tool and not answered:  # every first pass calls it: a two-pass answer
+            scripted = ScriptedTurn("", [(fake.call_tool, {"timezone": "UTC"})])
         if not body.get("stream") or behaviour.ignore_stream:
             text = "".join(_words(behaviour.words))
             message = {"role": "assistant", "content": text, "refusal": None}
@@ -292,6 +295,7 @@ class FakeUpstream:
         self.behaviour = Behaviour()
         self.requests: list[ReceivedRequest] = []
         self.script: list[ScriptedTurn] = []  # the next answers, one per chat request, before the words
+        self.call_tool: str | None = None  # a tool every request calls before the words (the benchmark's two passes)
         app = tornado.web.Application(
             [
                 (r"/v1/chat/completions", ChatHandler, {"fake": self}),
@@ -351,6 +355,7 @@ async def _main() -> None:
         '{"fault": <kind or null>, "user": <its "user" field>}',
     )
     parser.add_argument("--fault-seed", type=int, default=0, help="seeds the choice of faults")
+    parser.add_argument("--call-tool", help="a tool each request calls first (answers follow its result)")
     args = parser.parse_args()
     if not 0.0 <= args.faults <= 1.0:
         parser.error("--faults must be between 0 and 1")
@@ -364,6 +369,7 @@ async def _main() -> None:
     fake.behaviour.words = args.words
     fake.behaviour.first_chunk_delay = args.first_chunk_delay
     fake.behaviour.chunk_delay = args.chunk_delay
+    fake.call_tool = args.call_tool
     if args.port:
         fake.start(tornado.netutil.bind_sockets(args.port, "127.0.0.1")[0])
     else:

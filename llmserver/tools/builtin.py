@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -16,16 +17,20 @@ SEARCH_KNOWLEDGE_BASE = "search_knowledge_base"
 CURRENT_TIME = "current_time"
 
 
+@functools.cache
+def _zones() -> dict[str, str]:
+    """Every IANA zone by its lower-case name and by its city ("asia/tokyo" and "tokyo" -> "Asia/Tokyo"), read once:
+    listing them walks the time zone database."""
+    zones: dict[str, str] = {}
+    for zone in sorted(available_timezones(), reverse=True):  # "Asia/Tokyo" before "Japan"-style aliases
+        zones[zone.lower()] = zone
+        zones.setdefault(zone.rsplit("/", 1)[-1].lower(), zone)
+    return zones
+
+
 def find_time_zone(place: str) -> str | None:
     """An IANA zone for a zone name or a city in one ("Tokyo" -> "Asia/Tokyo", "new york" -> "America/New_York")."""
-    wanted = place.strip().replace(" ", "_").lower()
-    if not wanted:
-        return None
-    zones = available_timezones()
-    for zone in sorted(zones):
-        if zone.lower() == wanted or zone.rsplit("/", 1)[-1].lower() == wanted:
-            return zone
-    return None
+    return _zones().get(place.strip().replace(" ", "_").lower()) if place.strip() else None
 
 
 class BuiltinTools:
@@ -87,7 +92,7 @@ class BuiltinTools:
 
     async def current_time(self, arguments: dict[str, Any]) -> str:
         asked = arguments.get("timezone") or "UTC"
-        zone_name = asked if asked in available_timezones() else find_time_zone(asked)
+        zone_name = find_time_zone(asked)
         if zone_name is None:
             raise ToolFailure(f"unknown time zone {asked!r}: give an IANA name such as Europe/Amsterdam")
         try:

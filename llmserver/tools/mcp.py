@@ -86,9 +86,10 @@ class McpServerTools:
         attempt = 0
         while not self._closed:
             try:
-                async with contextlib.AsyncExitStack() as stack, Client(
-                    self._transport(stack), read_timeout_seconds=self.config.timeout
-                ) as client:
+                async with (
+                    contextlib.AsyncExitStack() as stack,
+                    Client(self._transport(stack), read_timeout_seconds=self.config.timeout) as client,
+                ):
                     await self._discover(client)
                     self._client = client
                     self.error = None

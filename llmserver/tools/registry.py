@@ -152,12 +152,12 @@ class ToolRegistry:
         except ValueError as exc:
             return outcome(_error_text(f"the arguments are not valid JSON ({exc.msg})"), False, "invalid arguments")
         try:
-            jsonschema.validate(arguments, tool.parameters)
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(part) for part in exc.absolute_path) or "the arguments"
-            return outcome(_error_text(f"invalid arguments at {where}: {exc.message}"), False, "invalid arguments")
+            error = jsonschema.exceptions.best_match(_validator(tool.parameters).iter_errors(arguments))
         except jsonschema.SchemaError:
             return outcome(_error_text("the tool's own schema is invalid"), False, "invalid schema")
+        if error is not None:
+            where = "/".join(str(part) for part in error.absolute_path) or "the arguments"
+            return outcome(_error_text(f"invalid arguments at {where}: {error.message}"), False, "invalid arguments")
         timeout = tool.timeout or self.default_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -175,6 +175,22 @@ class ToolRegistry:
         if len(content) <= self.result_chars:
             return content
         return content[: self.result_chars] + f"… [cut at {self.result_chars} characters]"
+
+
+def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    """A checked validator for `schema`, made once per schema (checking and making one is the slow part)."""
+    key = json.dumps(schema, sort_keys=True)
+    validator = _VALIDATORS.get(key)
+    if validator is None:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        validator = _VALIDATORS[key] = cls(schema)
+        if len(_VALIDATORS) > 1024:
+            _VALIDATORS.pop(next(iter(_VALIDATORS)))
+    return validator
+
+
+_VALIDATORS: dict[str, jsonschema.protocols.Validator] = {}
 
 
 class ToolFailure(Exception):

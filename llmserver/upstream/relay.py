@@ -171,6 +171,7 @@ class Relay:
             finally:
                 await chunks.aclose()
             server_calls, caller_calls = turn.server_calls(), turn.caller_calls()
+            ended = record.elapsed_ms()
             if server_calls and not last:
                 outcomes = await self._keep_alive(
                     sink, tools.registry.run_calls([c.as_tool_call() for c in server_calls], tools.tools)
@@ -179,6 +180,7 @@ class Relay:
                 tools.on_exchange(exchange, outcomes, bool(caller_calls))
                 if not caller_calls:
                     messages += exchange
+                    record.pass_gaps_ms.append(round(record.elapsed_ms() - ended, 3))
                     continue
             finish_reason = "tool_calls" if caller_calls else (turn.finish_reason or "stop")
             if finish_reason == "tool_calls" and not caller_calls:

@@ -24,6 +24,13 @@ const pauseButton = document.getElementById("pause");
 const noRecords = emptyRow("No requests match these filters yet.", 9);
 
 function retrievalOrClip(record) {
+  const tools = (record.tool_calls || []).map((call) => `${call.name} ${call.outcome === "ok" ? "✓" : "✗"} ${ms(call.ms)}`);
+  const calls = tools.length ? `tools: ${tools.join(", ")}` : "";
+  const rest = detailsOf(record);
+  return [calls, rest].filter(Boolean).join(" · ");
+}
+
+function detailsOf(record) {
   if (record.retrieval) {
     const hits = record.retrieval.hits;
     return hits.length ? hits.map((hit) => `${hit.id} (${hit.score})`).join(", ") : "nothing injected";

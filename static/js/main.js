@@ -1,11 +1,12 @@
-// Admin dashboard: live request log, knowledge base, audio clips. ES modules, no framework, no build step.
+// Admin dashboard: live request log, knowledge base, audio clips, tools. ES modules, no framework, no build step.
 
 import { startAudio, loadClips } from "./audio.js";
 import { startKnowledge, loadKnowledge } from "./knowledge.js";
 import { drawChart, startLiveLog } from "./live-log.js";
 import { startStatus } from "./status.js";
+import { loadTools, startTools } from "./tools.js";
 
-const tabs = { log: drawChart, knowledge: loadKnowledge, audio: loadClips };
+const tabs = { log: drawChart, knowledge: loadKnowledge, audio: loadClips, tools: loadTools };
 
 function selectTab(name) {
   for (const tab of Object.keys(tabs)) {
@@ -23,3 +24,4 @@ startStatus();
 startLiveLog();
 startKnowledge();
 startAudio();
+startTools();

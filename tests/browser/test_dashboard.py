@@ -287,3 +287,29 @@ def test_the_page_reconnects_when_the_server_comes_back(browser: Browser, tmp_pa
         page.click("#pause")
         expect(page.locator("#log-rows tr", has_text="After the restart")).to_be_visible()
     context.close()
+
+
+def test_the_tools_tab_lists_tries_and_disables_tools_and_the_log_shows_calls(page: Page, server_url: str):
+    page.click("#tab-tools")
+    expect(page.locator("#tool-rows tr[data-name=current_time]")).to_contain_text("builtin")
+    expect(page.locator("#tool-rows tr[data-name=search_knowledge_base]")).to_be_visible()
+    expect(page.locator("#tool-source-rows")).to_contain_text("reachable")
+    page.select_option("#tool-try-name", "current_time")
+    page.fill("#tool-try [name=arguments]", '{"timezone": "Tokyo"}')
+    page.click("#tool-try button[type=submit]")
+    expect(page.locator("#tool-try-result")).to_contain_text("Asia/Tokyo")
+    page.fill("#tool-try [name=arguments]", '{"timezone": 9}')
+    page.click("#tool-try button[type=submit]")
+    expect(page.locator("#tool-try-summary")).to_contain_text("Failed")
+    expect(page.locator("#tool-try-result")).to_contain_text("is not of type 'string'")
+    # The offline responder calls the built-in tool; the live log shows the call under its request.
+    answer = ask(server_url, "chat", "What time is it in Tokyo?")
+    assert "Asia/Tokyo" in answer
+    page.click("#tab-log")
+    expect(page.locator("#log-rows tr", has_text="What time is it in Tokyo?")).to_contain_text("tools: current_time ✓")
+    page.click("#tab-tools")
+    page.uncheck("#tool-rows tr[data-name=current_time] input[type=checkbox]")
+    expect(page.locator("#tools-message")).to_contain_text("no longer offered")
+    assert "Asia/Tokyo" not in ask(server_url, "chat", "What time is it in Tokyo?")
+    page.check("#tool-rows tr[data-name=current_time] input[type=checkbox]")
+    expect(page.locator("#tools-message")).to_contain_text("is offered")
