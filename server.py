@@ -97,7 +97,7 @@ async def serve(settings: Settings) -> None:
     app = make_app(services)
     server = make_http_server(app)
     try:
-        sockets = tornado.netutil.bind_sockets(settings.port, settings.host)
+        sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=settings.backlog)
     except OSError as exc:
         await services.aclose()
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None

@@ -268,6 +268,44 @@ class ConversationHandler(AdminApiHandler):
         self.finish()
 
 
+class HistoryHandler(AdminApiHandler):
+    """GET /admin/api/history?before=&limit=&endpoint=&outcome=&since=&until=&q=: finished requests, newest first;
+    `before` is the `started_at` of the last record of the previous page."""
+
+    async def get(self) -> None:
+        def number(name: str) -> float | None:
+            value = self.get_query_argument(name, "")
+            if not value:
+                return None
+            try:
+                return float(value)
+            except ValueError:
+                raise ApiError(400, f"'{name}' must be a number (seconds since 1970).", param=name) from None
+
+        limit = number("limit") or 50
+        page = await self.in_worker(
+            self.services.history.page,
+            before=number("before"),
+            limit=int(limit),
+            endpoint=self.get_query_argument("endpoint", "") or None,
+            outcome=self.get_query_argument("outcome", "") or None,
+            since=number("since"),
+            until=number("until"),
+            text=self.get_query_argument("q", "") or None,
+        )
+        self.write_json({"records": page, "before": page[-1]["started_at"] if page else None})
+
+
+class HistoryRecordHandler(AdminApiHandler):
+    """GET /admin/api/history/{key}: one request's whole record."""
+
+    async def get(self, key: str) -> None:
+        record = await self.in_worker(self.services.history.get, key)
+        if record is None:
+            raise ApiError(404, f"No request {key!r} in the history.", param="key", code="not_found")
+        self.write_json(record)
+
+
 class StatusHandler(AdminApiHandler):
     def get(self) -> None:
         services = self.services
@@ -277,6 +315,8 @@ class StatusHandler(AdminApiHandler):
                 "upstream": {"mode": services.upstream.mode, "base_url": services.upstream.base_url},
                 "uptime_seconds": round(services.uptime(), 1),
                 "in_flight": log.in_flight,
+                "instance": log.instance,
+                "dropped_records": services.history.dropped + services.dropped_records(),
                 "totals": {outcome: log.totals.get(outcome, 0) for outcome in ("ok", "error", "cancelled")},
                 "knowledge_version": services.knowledge_base.version,
                 "documents": len(services.knowledge_base),
@@ -302,6 +342,8 @@ default_handlers = [
     (r"/admin/api/tools/reload", ToolsReloadHandler),
     (rf"/admin/api/tools/{_ONE}/call", ToolCallHandler),
     (rf"/admin/api/tools/{_ONE}", ToolHandler),
+    (r"/admin/api/history", HistoryHandler),
+    (rf"/admin/api/history/{_ONE}", HistoryRecordHandler),
     (r"/admin/api/conversations", ConversationsHandler),
     (rf"/admin/api/conversations/{_ONE}", ConversationHandler),
     (r"/admin/api/audio", AudioCollectionHandler),

@@ -42,6 +42,7 @@ class AudioCompletionsHandler(CompletionEndpoint):
         self.record.audio = AudioDetails(
             clip=None if clip.simulated else clip.name, duration=round(clip.duration, 3), simulated=clip.simulated
         )
+        self.record.add_reply(clip.transcript)
         factory = ChunkFactory(chat.model)
         audio_id = "audio_" + secrets.token_hex(12)
         if chat.stream:

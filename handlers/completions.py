@@ -13,9 +13,9 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from llmserver.protocol.chat_request import ChatRequest, parse_chat_request
+from llmserver.protocol.chat_request import ChatRequest, message_text, parse_chat_request
 from llmserver.protocol.errors import ApiError, ServiceError, as_api_error
-from llmserver.request_log import RequestRecord, ToolCallDetails, bounded_value
+from llmserver.request_log import MAX_LOGGED_MESSAGES, RequestRecord, ToolCallDetails, bounded_value
 from llmserver.tools.memory import Exchange, conversation_key
 from llmserver.tools.registry import ToolOutcome
 from llmserver.upstream.tool_loop import ToolUse
@@ -49,17 +49,26 @@ class CompletionEndpoint(ApiHandler):
     def prepare(self) -> None:
         try:
             super().prepare()
+            if self.request_log.in_flight >= self.config.max_streams:
+                self.services.metrics.rejected.labels(self.endpoint).inc()
+                raise ApiError(
+                    503,
+                    f"The server is answering its limit of {self.config.max_streams} requests; retry in a moment.",
+                    code="overloaded",
+                    headers={"Retry-After": "1"},
+                )
         except ApiError as error:
-            # Refused before the body is read (a foreign origin, a body too large): the request still gets its record.
+            # Refused before the body is read (a foreign origin, a body too large, the MAX_STREAMS cap): the request
+            # still gets its record.
             record = self.request_log.begin(self.request_id, self.endpoint)
-            record.fail(error.status, error.message)
+            record.fail(error.status, error.message, error.code)
             self.request_log.finish(record)
             raise
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if self.record is None and status_code == 413:  # a body cut off at the limit while it arrived
             record = self.request_log.begin(self.request_id, self.endpoint)
-            record.fail(413, "request body too large")
+            record.fail(413, "request body too large", "request_too_large")
             self.request_log.finish(record)
         super().write_error(status_code, **kwargs)
 
@@ -91,11 +100,11 @@ class CompletionEndpoint(ApiHandler):
         except (ApiError, ServiceError) as exc:
             error = as_api_error(exc)
             assert error is not None
-            record.fail(error.status if not self.events.started else 200, error.message)
+            record.fail(error.status if not self.events.started else 200, error.message, error.code)
             await self._report(error)
         except Exception:
             logger.exception("request %s failed", self.request_id)
-            record.fail(500 if not self.events.started else 200, "internal error (see the server log)")
+            record.fail(500 if not self.events.started else 200, "internal error (see the server log)", "server_error")
             await self._report(ApiError(500, INTERNAL_ERROR, type="server_error"))
         finally:
             self._task = None
@@ -107,6 +116,11 @@ class CompletionEndpoint(ApiHandler):
         record.model = chat.model
         record.messages = len(chat.messages)
         record.last_user_message = log.text(chat.last_user_text())
+        if log.text_mode != "none":
+            record.messages_logged = [
+                {"role": str(m.get("role"))[:20], "text": log.text(message_text(m))}
+                for m in chat.messages[-MAX_LOGGED_MESSAGES:]
+            ]
         record.turn_id = bounded_value(chat.turn_id)
         record.engine_fields = log.bounded(chat.engine_fields)
 
@@ -184,6 +198,9 @@ class RelayedCompletion(CompletionEndpoint):
         else:
             completion = await relay.complete(body, api_key, self.record, tools)
             self.record.mark_chunk()
+            message = (completion.get("choices") or [{}])[0].get("message") or {}
+            if isinstance(message.get("content"), str):
+                self.record.add_reply(message["content"])
             self.write_json(completion)
 
 

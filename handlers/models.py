@@ -1,5 +1,5 @@
-"""GET /v1/models (LiveKit prewarms with `GET {base_url}/models`, so each endpoint's base URL has one) and
-GET/HEAD /healthz."""
+"""GET /v1/models (LiveKit prewarms with `GET {base_url}/models`, so each endpoint's base URL has one), and the
+operations routes: GET/HEAD /healthz (alive), /readyz (ready to answer as configured), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ class AudioModelsHandler(ApiHandler):
 
 
 class HealthHandler(ApiHandler):
+    """Alive: the process answers. Nothing else is checked (a load balancer's liveness probe)."""
+
     def get(self) -> None:
         self.write_json({"status": "ok", "upstream": self.services.upstream.mode})
 
@@ -33,8 +35,37 @@ class HealthHandler(ApiHandler):
         self.finish()
 
 
+class ReadyHandler(ApiHandler):
+    """Ready: the knowledge base is loaded, the embedding model (if any) is ready, Redis (if any) is reachable.
+    503 until then, so a load balancer sends no traffic to a process that would answer less well."""
+
+    def _checks(self) -> tuple[bool, dict[str, bool]]:
+        checks = self.services.readiness()
+        ready = all(checks.values())
+        self.set_status(200 if ready else 503)
+        return ready, checks
+
+    def get(self) -> None:
+        ready, checks = self._checks()
+        self.write_json({"status": "ready" if ready else "not ready", "checks": checks}, status=self.get_status())
+
+    def head(self) -> None:
+        self._checks()
+        self.set_header("Content-Type", "application/json")
+        self.finish()
+
+
+class MetricsHandler(ApiHandler):
+    def get(self) -> None:
+        body, content_type = self.services.metrics.exposition()
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
 default_handlers = [
     (r"/(?:v1/)?(?:rag/)?models", ModelsHandler),
     (r"/(?:v1/)?audio/models", AudioModelsHandler),
     (r"/healthz", HealthHandler),
+    (r"/readyz", ReadyHandler),
+    (r"/metrics", MetricsHandler),
 ]

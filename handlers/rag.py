@@ -37,6 +37,7 @@ class RagCompletionsHandler(RelayedCompletion):
             ms=result.ms,
             semantic=result.semantic,
             injected_chars=result.injected_chars,
+            injected=[passage.text for passage in result.injected],
         )
         return result.injected
 

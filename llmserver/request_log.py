@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -19,6 +21,8 @@ Subscriber = Callable[[dict[str, Any]], None]
 LOG_TEXT_MODES = ("full", "truncated", "none")
 MAX_FIELD_DEPTH = 6
 MAX_FIELD_CHARS = 200  # a client's model name, turn id or engine field: kept this long at most
+MAX_REPLY_CHARS = 4000  # of the answer's text
+MAX_LOGGED_MESSAGES = 20  # the last messages of a request, as the history keeps them
 
 
 def safe_text(text: str) -> str:
@@ -64,6 +68,7 @@ class RetrievalDetails:
     ms: float
     semantic: bool = False  # embeddings took part
     injected_chars: int = 0
+    injected: list[str] = field(default_factory=list)  # their texts, as the model read them
 
 
 @dataclass
@@ -94,6 +99,9 @@ class RequestRecord:
     last_user_message: str = ""
     turn_id: Any = None
     engine_fields: dict[str, Any] = field(default_factory=dict)
+    instance: str = ""  # the process that served it (host:pid), when several serve one deployment
+    messages_logged: list[dict[str, str]] = field(default_factory=list)  # role and text, as LOG_USER_TEXT says
+    reply: str = ""  # the answer's text, as LOG_USER_TEXT says
     status: int = 200
     outcome: str = "ok"  # ok, error, cancelled
     first_chunk_ms: float | None = None  # the first chunk to the client (on /rag: the waiting message)
@@ -103,6 +111,7 @@ class RequestRecord:
     total_ms: float | None = None
     chunks: int = 0
     error: str | None = None
+    error_code: str | None = None
     retrieval: RetrievalDetails | None = None  # the RAG endpoint's
     audio: AudioDetails | None = None  # the audio endpoint's
     passes: int = 0  # upstream passes of the tool loop (0: no server tools offered)
@@ -120,10 +129,16 @@ class RequestRecord:
             self.first_chunk_ms = self.elapsed_ms()
         self.chunks += count
 
-    def fail(self, status: int, message: str) -> None:
+    def fail(self, status: int, message: str, code: str | None = None) -> None:
         self.status = status
         self.outcome = "error"
         self.error = safe_text(message)  # it may quote an upstream's words
+        self.error_code = code
+
+    def add_reply(self, text: str) -> None:
+        """Text of the answer as it streams (kept to MAX_REPLY_CHARS)."""
+        if len(self.reply) < MAX_REPLY_CHARS:
+            self.reply += text[: MAX_REPLY_CHARS - len(self.reply)]
 
     def cancel(self) -> None:
         self.status = 499  # nginx's "client closed request"
@@ -187,9 +202,19 @@ class RequestLog:
     of it, "none" nothing.
     """
 
-    def __init__(self, size: int = 1000, text_chars: int = 200, text_mode: str = "truncated") -> None:
+    def __init__(
+        self,
+        size: int = 1000,
+        text_chars: int = 200,
+        text_mode: str = "truncated",
+        instance: str | None = None,
+        on_in_flight: Callable[[int], None] | None = None,
+    ) -> None:
         if text_mode not in LOG_TEXT_MODES:
             raise ValueError(f"text_mode must be one of {', '.join(LOG_TEXT_MODES)}")
+        self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
+        self._on_in_flight = on_in_flight
+        self._local: list[Subscriber] = []  # hear only this process's records (metrics count each once)
         self._records: deque[dict[str, Any]] = deque(maxlen=size)
         self._subscribers: list[Subscriber] = []
         self.text_chars = text_chars
@@ -197,11 +222,13 @@ class RequestLog:
         self.in_flight = 0
         self.totals: Counter[str] = Counter()
         self._finished = 0
-        self.instance = secrets.token_hex(4)
+        self._key_prefix = secrets.token_hex(4)  # unique to this process, whatever the pid
 
     def begin(self, request_id: str, endpoint: str) -> RequestRecord:
         self.in_flight += 1
-        return RequestRecord(request_id=request_id, endpoint=endpoint)
+        if self._on_in_flight is not None:
+            self._on_in_flight(self.in_flight)
+        return RequestRecord(request_id=request_id, endpoint=endpoint, instance=self.instance)
 
     def bounded(self, value: dict[str, Any], limit: int = 4096) -> dict[str, Any]:
         """`value` (safe, depth-bounded) if its JSON is small, else a truncated JSON text: records stay small."""
@@ -224,15 +251,31 @@ class RequestLog:
         # What the client chose is kept short and safe, however it got into the record.
         record.model = bounded_value(record.model)
         record.turn_id = bounded_value(record.turn_id)
+        if self.text_mode == "none":
+            record.reply = ""
+        else:
+            record.reply = self.text(record.reply) if self.text_mode == "truncated" else safe_text(record.reply)
         self.in_flight -= 1
+        if self._on_in_flight is not None:
+            self._on_in_flight(self.in_flight)
         record.total_ms = record.elapsed_ms()
         self._finished += 1
-        record.key = f"{self.instance}-{self._finished}"
+        record.key = f"{self._key_prefix}-{self._finished}"
         self.totals[record.outcome] += 1
         data = record.to_dict()
-        self._records.append(data)
         if logger.isEnabledFor(logging.INFO):
             logger.info("%s", describe(data))
+        for listener in self._local:
+            listener(data)
+        self.publish(data)
+
+    def watch_local(self, listener: Subscriber) -> None:
+        """Calls `listener` with each record this process finishes (not with other processes' records)."""
+        self._local.append(listener)
+
+    def publish(self, data: dict[str, Any]) -> None:
+        """Keeps a finished record and hands it to the subscribers: this process's, or (with Redis) another's."""
+        self._records.append(data)
         for subscriber in list(self._subscribers):
             try:
                 subscriber(data)

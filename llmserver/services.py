@@ -6,17 +6,21 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field, replace
 
+from .admin_secrets import AdminSecrets, load_or_create
 from .audio.codec import AudioError
 from .audio.library import AudioLibrary
+from .history import RequestHistory
 from .knowledge.embeddings import EmbeddingCache, EmbeddingError, build_embedder
 from .knowledge.fusion import DEFAULT_POLICY
 from .knowledge.retriever import Retriever
 from .knowledge.store import KnowledgeBase, KnowledgeError
 from .login_throttle import LoginThrottle
+from .metrics import Metrics
 from .request_log import RequestLog
 from .settings import Settings
 from .tools.builtin import BuiltinTools
@@ -54,6 +58,8 @@ class Services:
     tools: ToolRegistry
     memory: ConversationMemory
     audio_library: AudioLibrary
+    metrics: Metrics
+    history: RequestHistory
     admin_token: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(24))
     cookie_secret: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(32))
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
@@ -95,9 +101,22 @@ class Services:
         self.tools.sources = [*sources, *servers]
         await self.tools.reload()
 
+    def dropped_records(self) -> int:
+        """Request records that could not be shipped to the other processes (Redis unreachable)."""
+        return 0
+
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz reports: each part the server needs to answer as configured."""
+        checks = {
+            "knowledge_base": True,
+            "embedding_model": self.retriever.embedder is None or self.retriever.semantic_ready,
+        }
+        return checks
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
         await self.tools.aclose()
+        self.history.close()
         if self.retriever.embedder is not None:
             await self.retriever.embedder.aclose()
         if self.retriever.cache is not None:
@@ -176,12 +195,35 @@ def build_tools(settings: Settings, retriever: Retriever) -> ToolRegistry:
     return ToolRegistry(sources, default_timeout=settings.tool_timeout, result_chars=settings.tool_result_chars)
 
 
+def admin_secrets(settings: Settings) -> AdminSecrets:
+    """ADMIN_TOKEN and COOKIE_SECRET when set; else the ones kept in the data directory (made at the first start)."""
+    try:
+        kept = load_or_create(os.path.join(settings.data_dir, "secrets.json"))
+    except OSError as exc:
+        raise StartupError(f"cannot keep the admin secrets in {settings.data_dir}: {exc.strerror}") from None
+    return AdminSecrets(settings.admin_token or kept.admin_token, settings.cookie_secret or kept.cookie_secret)
+
+
 def build_services(settings: Settings) -> Services:
     knowledge_base = load_knowledge_base(settings)
     retriever = build_retriever(settings)
     knowledge_base.subscribe(retriever.rebuild)
+    metrics = Metrics()
+    request_log = RequestLog(
+        settings.request_log_size, settings.log_text_chars, settings.log_user_text, on_in_flight=metrics.in_flight.set
+    )
+    request_log.watch_local(metrics.observe)
+    try:
+        history = RequestHistory(
+            os.path.join(settings.data_dir, "history.sqlite3"),
+            max_records=settings.history_records,
+            max_days=settings.history_days,
+        )
+    except sqlite3.Error as exc:
+        raise StartupError(f"cannot open the request history in {settings.data_dir}: {exc}") from None
+    request_log.subscribe(history.add)
+    kept = admin_secrets(settings)
     audio_library = open_audio_library(settings)
-    secrets_given = {"admin_token": settings.admin_token, "cookie_secret": settings.cookie_secret}
     upstream = build_upstream(settings)
     policy = RelayPolicy(
         retries=settings.upstream_retries,
@@ -190,11 +232,14 @@ def build_services(settings: Settings) -> Services:
         keepalive_seconds=settings.keepalive_seconds,
     )
     return Services(
-        **{name: value for name, value in secrets_given.items() if value},  # else generated at each start
+        admin_token=kept.admin_token,
+        cookie_secret=kept.cookie_secret,
         settings=settings,
         upstream=upstream,
         relay=Relay(upstream, policy),
-        request_log=RequestLog(settings.request_log_size, settings.log_text_chars, settings.log_user_text),
+        request_log=request_log,
+        metrics=metrics,
+        history=history,
         knowledge_base=knowledge_base,
         retriever=retriever,
         tools=build_tools(settings, retriever),

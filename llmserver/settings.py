@@ -104,6 +104,18 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
+def _workers(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return max(1, os.cpu_count() or 1)
+    return _number(int, 1, 64)(value)
+
+
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError("expected redis://host:port/db, rediss://… or unix://…")
+    return value
+
+
 def _endpoints(value: str) -> tuple[str, ...]:
     names = _comma_list(value)
     if names == ("none",):
@@ -142,6 +154,26 @@ def setting(
 class Settings:
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 for other machines)", env="HOST")
     port: int = setting(8000, "port (0: one the OS picks)", env="PORT", parse=_PORT)
+    workers: int = setting(
+        1, "processes serving the port (auto: one per core); more than 1 needs REDIS_URL", env="WORKERS", parse=_workers
+    )
+    backlog: int = setting(
+        1024, "connections the OS queues before the server accepts them", env="BACKLOG", parse=_number(int, 1, 65535)
+    )
+    max_streams: int = setting(
+        1000,
+        "completion requests one process serves at once; past it, 503 with Retry-After",
+        env="MAX_STREAMS",
+        parse=_COUNT,
+    )
+    redis_url: str | None = setting(
+        None, "a Redis that workers and instances share state through", env="REDIS_URL", parse=_redis_url, secret=True
+    )
+    redis_prefix: str = setting("llm:", "prefix of this deployment's Redis keys", env="REDIS_PREFIX")
+    history_records: int = setting(100_000, "requests kept in the durable history", env="HISTORY_RECORDS", parse=_COUNT)
+    history_days: float = setting(
+        30.0, "days requests are kept in the durable history", env="HISTORY_DAYS", parse=_SECONDS
+    )
     upstream: str | None = setting(
         None,
         "openai or offline (default: openai with a key or base URL)",

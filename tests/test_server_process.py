@@ -192,7 +192,7 @@ def test_the_default_data_directory_is_ignored_by_git():
 async def test_an_invalid_tools_file_stops_the_start_naming_the_problem(tmp_path, io_loop):
     tools = tmp_path / "tools.json"
     tools.write_text('{"tools": [{"name": "hook", "description": "d", "url": "http://h/${UNSET_FOR_THIS_TEST}"}]}')
-    returncode, stdout, stderr = await run_until_exit(
+    returncode, _, stderr = await run_until_exit(
         "--port", "0", "--data-dir", str(tmp_path / "data"), "--tools-file", str(tools)
     )
     message = stderr.decode()

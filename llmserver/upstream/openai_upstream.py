@@ -179,8 +179,14 @@ class OpenAIUpstream:
             max_retries=0,  # the relay retries (it knows when the client has seen nothing yet)
             timeout=httpx2.Timeout(settings.read_timeout, connect=settings.connect_timeout),
             # aiohttp as the transport: measured several times faster per request than the default under load
-            # (httpcore checks every pooled connection with a syscall on each request).
-            http_client=openai.DefaultAioHttpClient(),
+            # (httpcore checks every pooled connection with a syscall on each request). Its pool is sized for the
+            # streams a process may serve (MAX_STREAMS), so none waits silently for a connection.
+            http_client=openai.DefaultAioHttpClient(
+                limits=httpx2.Limits(
+                    max_connections=settings.max_streams + 50,
+                    max_keepalive_connections=min(settings.max_streams, 500),
+                )
+            ),
         )
 
     def _options(self, api_key: str | None) -> dict[str, Any]:

@@ -58,6 +58,15 @@ def backoff(attempt: int, retry_after: float | None) -> float:
     return min(MAX_BACKOFF, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
 
 
+def _keep_text(record: RequestRecord, data: dict[str, Any]) -> None:
+    """The answer's text, for the record (the history shows it)."""
+    choices = data.get("choices")
+    if choices:
+        delta = choices[0].get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            record.add_reply(delta["content"])
+
+
 class RetryBudget:
     """The retries one request may still make."""
 
@@ -101,9 +110,11 @@ class Relay:
                 record.upstream_first_chunk_ms = record.elapsed_ms()
                 await sink.send(first.raw)
                 record.mark_chunk()
+                _keep_text(record, first.data)
                 async for chunk in chunks:
                     await sink.send(chunk.raw)
                     record.mark_chunk()
+                    _keep_text(record, chunk.data)
             await sink.done()
         finally:
             await chunks.aclose()
@@ -151,6 +162,8 @@ class Relay:
                         if choice.get("finish_reason"):
                             turn.finish_reason = choice["finish_reason"]
                         shown = turn.delta_for_caller(delta)
+                        if isinstance(shown.get("content"), str):
+                            record.add_reply(shown["content"])
                         if role_sent and "role" in shown:
                             shown = {key: value for key, value in shown.items() if key != "role"}
                         role_sent = role_sent or "role" in shown

@@ -1,0 +1,190 @@
+"""The durable request history: every finished record in SQLite in the data directory, kept up to HISTORY_RECORDS
+records and HISTORY_DAYS days, paged back through and filtered by endpoint, outcome, time and text.
+
+Records are written by a background thread in batches, so the event loop never waits on the disk; a record that
+cannot be queued (the writer far behind) is counted as dropped. Several workers may share one file: a record's key
+is unique, and the same record written twice is written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from typing import Any
+
+from .request_log import safe_text
+
+logger = logging.getLogger("llmserver.history")
+
+QUEUE_LIMIT = 10_000
+BATCH = 200
+FLUSH_SECONDS = 0.25
+PAGE_LIMIT = 200
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    search TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_time ON requests (started_at);
+CREATE INDEX IF NOT EXISTS requests_by_endpoint ON requests (endpoint, started_at);
+CREATE INDEX IF NOT EXISTS requests_by_outcome ON requests (outcome, started_at);
+"""
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What a page of history shows of a record (the whole record is one more request away)."""
+    keys = ("key", "request_id", "instance", "started_at", "endpoint", "model", "status", "outcome", "first_chunk_ms",
+            "total_ms", "chunks", "last_user_message", "error", "passes")  # fmt: skip
+    return {key: record.get(key) for key in keys}
+
+
+def _search_text(record: dict[str, Any]) -> str:
+    parts = [record.get("last_user_message") or "", record.get("reply") or "", record.get("error") or ""]
+    parts += [record.get("request_id") or "", record.get("model") or ""]
+    return "\n".join(str(part) for part in parts).lower()
+
+
+class RequestHistory:
+    def __init__(self, path: str, *, max_records: int = 100_000, max_days: float = 30.0) -> None:
+        self.path = path
+        self.max_records = max_records
+        self.max_days = max_days
+        self.dropped = 0
+        # Records, flush markers (an Event set once what came before is written) and None (stop).
+        self._queue: queue.Queue[dict[str, Any] | threading.Event | None] = queue.Queue(QUEUE_LIMIT)
+        self._read = self._connect()
+        self._read_lock = threading.Lock()
+        self._writer = threading.Thread(target=self._write_loop, name="history", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, check_same_thread=False, timeout=10, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.executescript(_SCHEMA)
+        return connection
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Queues a finished record for writing; never blocks."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write_loop(self) -> None:
+        connection = self._connect()
+        written = 0
+        stop = False
+        while not stop:
+            try:
+                items = [self._queue.get(timeout=FLUSH_SECONDS)]
+            except queue.Empty:
+                continue
+            while len(items) < BATCH:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [item for item in items if isinstance(item, dict)]
+            if batch:
+                try:
+                    self._write(connection, batch)
+                    written += len(batch)
+                    if written >= 1000:
+                        self._trim(connection)
+                        written = 0
+                except Exception as exc:  # a full disk, a locked file, a record that cannot be stored: never fatal
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK")
+                    self.dropped += len(batch)
+                    logger.warning("request history: %d record(s) not written (%r)", len(batch), exc)
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()  # a flush() waiting for what came before it
+            stop = any(item is None for item in items)
+        self._trim(connection)
+        connection.close()
+
+    @staticmethod
+    def _write(connection: sqlite3.Connection, batch: list[dict[str, Any]]) -> None:
+        # ASCII JSON: whatever a record holds (even text that is not valid Unicode) is stored and read back.
+        rows = [
+            (r["key"], r["started_at"], r["endpoint"], r["outcome"], safe_text(_search_text(r)), json.dumps(r))
+            for r in batch
+        ]
+        connection.execute("BEGIN")
+        connection.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, ?, ?)", rows)
+        connection.execute("COMMIT")
+
+    def _trim(self, connection: sqlite3.Connection) -> None:
+        try:
+            connection.execute("DELETE FROM requests WHERE started_at < ?", [time.time() - self.max_days * 86400])
+            connection.execute(
+                "DELETE FROM requests WHERE key IN "
+                "(SELECT key FROM requests ORDER BY started_at DESC LIMIT -1 OFFSET ?)",
+                [self.max_records],
+            )
+        except sqlite3.Error as exc:
+            logger.warning("request history: could not trim (%s)", exc)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Waits until what was queued so far is written (a blocking call: tests, and the end of the process)."""
+        written = threading.Event()
+        self._queue.put(written)
+        written.wait(timeout)
+
+    def page(
+        self,
+        *,
+        before: float | None = None,
+        limit: int = 50,
+        endpoint: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        text: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Records newest first, older than `before` (a started_at from the previous page), filtered."""
+        conditions, values = [], []
+        for column, value in (("endpoint", endpoint), ("outcome", outcome)):
+            if value:
+                conditions.append(f"{column} = ?")
+                values.append(value)
+        if before is not None:
+            conditions.append("started_at < ?")
+            values.append(before)
+        if since is not None:
+            conditions.append("started_at >= ?")
+            values.append(since)
+        if until is not None:
+            conditions.append("started_at <= ?")
+            values.append(until)
+        if text:
+            conditions.append("instr(search, ?) > 0")
+            values.append(text.lower())
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        query = f"SELECT record FROM requests {where} ORDER BY started_at DESC LIMIT ?"
+        with self._read_lock:
+            rows = self._read.execute(query, [*values, max(1, min(limit, PAGE_LIMIT))]).fetchall()
+        return [summary(json.loads(row[0])) for row in rows]
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._read_lock:
+            row = self._read.execute("SELECT record FROM requests WHERE key = ?", [key]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._writer.join(10)
+        with self._read_lock:
+            self._read.close()
