@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jinja2
@@ -27,6 +27,7 @@ from handlers.base import NotFoundHandler, StaticFiles
 from llmserver.audio.library import NAME_PATTERN
 from llmserver.services import Services, StartupError, build_services
 from llmserver.settings import Settings, load_settings
+from llmserver.workers import STARTUP_FAILED, run_workers
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 logger = logging.getLogger("llmserver")
@@ -91,13 +92,17 @@ async def drain(services: Services, grace: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, announce: Callable[[list[str]], None] | None = None) -> None:
+    """Serves until SIGTERM or SIGINT, then drains. `announce` (a worker's) gets the start-up lines instead of
+    stdout, and the port is bound with SO_REUSEPORT beside the other workers'."""
     services = build_services(settings)
     services.start_background_work()
     app = make_app(services)
     server = make_http_server(app)
     try:
-        sockets = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=settings.backlog)
+        sockets = tornado.netutil.bind_sockets(
+            settings.port, settings.host, backlog=settings.backlog, reuse_port=announce is not None
+        )
     except OSError as exc:
         await services.aclose()
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
@@ -106,15 +111,19 @@ async def serve(settings: Settings) -> None:
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
     upstream = services.upstream
     where = f" {upstream.base_url}" if upstream.base_url else ""
-    print(
-        f"Custom LLM Server listening on http://{shown_host}:{port} (upstream: {upstream.mode}{where})",
-        flush=True,
-    )
+    shared = " shared through Redis" if services.shared is not None else ""
     admin_url = f"http://{shown_host}:{port}/admin"
-    if settings.admin_token:
-        print(f"Admin dashboard: {admin_url} (token from ADMIN_TOKEN)", flush=True)
+    lines = [
+        f"Custom LLM Server listening on http://{shown_host}:{port} (upstream: {upstream.mode}{where}){shared}",
+        f"Admin dashboard: {admin_url} (token from ADMIN_TOKEN)"
+        if settings.admin_token
+        else f"Admin dashboard: {admin_url}?token={services.admin_token}",
+    ]
+    if announce is None:
+        for line in lines:
+            print(line, flush=True)
     else:
-        print(f"Admin dashboard: {admin_url}?token={services.admin_token}", flush=True)
+        announce(lines)
 
     # Objects made at start-up (the knowledge index, the SDK) live as long as the process: keep them out of the
     # garbage collector's scans, which otherwise add pauses to every stream.
@@ -133,14 +142,35 @@ async def serve(settings: Settings) -> None:
     await services.aclose()
 
 
+def run_worker(settings: Settings, announce: Callable[[list[str]], None]) -> int:
+    """One of --workers N: serves until SIGTERM (exit 0), or says why it cannot start (exit 2)."""
+    try:
+        asyncio.run(serve(settings, announce))
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return STARTUP_FAILED
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(argv)
+    if settings.workers > 1:
+        if not settings.redis_url:
+            print(
+                f"error: --workers {settings.workers} needs REDIS_URL (or --redis-url): the workers share the "
+                "knowledge base, the audio clips, the conversation memory, the live log and the admin sign-in "
+                "through Redis. Start one (for example `redis-server`) and set REDIS_URL=redis://localhost:6379/0, "
+                "or run one worker.",
+                file=sys.stderr,
+            )
+            return STARTUP_FAILED
+        return run_workers(settings, run_worker)
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return STARTUP_FAILED
     return 0
 
 

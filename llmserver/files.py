@@ -1,15 +1,22 @@
-"""Atomic file writes: the stored knowledge base and audio clips are never left half-written."""
+"""Atomic file writes: the stored knowledge base and audio clips are never left half-written. And the one signal
+the shared storages (Redis) give a process that is behind."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 
 logger = logging.getLogger("llmserver.files")
 TEMPORARY_PREFIX = ".tmp-"
+
+
+class StaleState(Exception):
+    """The shared store holds a newer version than this process's copy: re-read it, then try the change again."""
 
 
 @dataclass
@@ -88,3 +95,20 @@ def remove_stale_temporaries(folder: str) -> None:
                 os.unlink(os.path.join(folder, entry))
             except OSError as exc:
                 logger.warning("could not remove the temporary file %s: %s", entry, exc)
+
+
+def open_database(path: str, *, wait: float = 10.0) -> sqlite3.Connection:
+    """A SQLite connection in WAL mode that waits (up to `wait` seconds) for other processes' locks: workers
+    share the history and the embedding cache. Switching to WAL takes a lock the busy timeout does not cover, so
+    that step is retried."""
+    connection = sqlite3.connect(path, check_same_thread=False, timeout=wait, isolation_level=None)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return connection
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                connection.close()
+                raise
+            time.sleep(0.02)

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from .files import open_database
 from .request_log import safe_text
 
 logger = logging.getLogger("llmserver.history")
@@ -68,8 +69,7 @@ class RequestHistory:
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, check_same_thread=False, timeout=10, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
+        connection = open_database(self.path)
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.executescript(_SCHEMA)
         return connection

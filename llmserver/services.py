@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field, replace
 
 from .admin_secrets import AdminSecrets, load_or_create
@@ -23,6 +25,8 @@ from .login_throttle import LoginThrottle
 from .metrics import Metrics
 from .request_log import RequestLog
 from .settings import Settings
+from .shared.deployment import SharedDeployment
+from .shared.redis_state import REDIS_ERRORS, SharedStoreUnavailable
 from .tools.builtin import BuiltinTools
 from .tools.mcp import McpServerTools
 from .tools.memory import ConversationMemory
@@ -60,6 +64,7 @@ class Services:
     audio_library: AudioLibrary
     metrics: Metrics
     history: RequestHistory
+    shared: SharedDeployment | None = None  # with REDIS_URL: the state shared with the other processes
     admin_token: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(24))
     cookie_secret: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(32))
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
@@ -75,6 +80,8 @@ class Services:
         for source in self.tools.sources:
             if isinstance(source, McpServerTools):
                 source.start()
+        if self.shared is not None:
+            self.shared.start()
         thread = threading.Thread(target=self.retriever.start_semantic, name="embeddings", daemon=True)
         thread.start()
         return thread
@@ -102,8 +109,8 @@ class Services:
         await self.tools.reload()
 
     def dropped_records(self) -> int:
-        """Request records that could not be shipped to the other processes (Redis unreachable)."""
-        return 0
+        """Request records that could not be shipped to the other processes (Redis unreachable too long)."""
+        return self.shared.dropped if self.shared is not None else 0
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz reports: each part the server needs to answer as configured."""
@@ -111,9 +118,13 @@ class Services:
             "knowledge_base": True,
             "embedding_model": self.retriever.embedder is None or self.retriever.semantic_ready,
         }
+        if self.shared is not None:
+            checks["redis"] = self.shared.available
         return checks
 
     async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
         await self.upstream.aclose()
         await self.tools.aclose()
         self.history.close()
@@ -129,28 +140,34 @@ def build_upstream(settings: Settings) -> Upstream:
     return OfflineResponder(word_delay=settings.offline_word_delay)
 
 
-def load_knowledge_base(settings: Settings) -> KnowledgeBase:
+def load_knowledge_base(settings: Settings, shared: SharedDeployment | None = None) -> KnowledgeBase:
     try:
         return KnowledgeBase.load(
             settings.knowledge_path,
             seed=SHIPPED_KNOWLEDGE,
+            storage=shared.knowledge_storage(settings.max_document_chars) if shared else None,
             max_documents=settings.max_documents,
             max_document_chars=settings.max_document_chars,
         )
+    except SharedStoreUnavailable:
+        raise StartupError("Redis (REDIS_URL) stopped answering while the knowledge base was read") from None
     except KnowledgeError as exc:
         raise StartupError(f"invalid knowledge base, not starting (the file is left untouched): {exc}") from None
     except OSError as exc:
         raise StartupError(f"cannot write the knowledge base {settings.knowledge_path}: {exc.strerror}") from None
 
 
-def open_audio_library(settings: Settings) -> AudioLibrary:
+def open_audio_library(settings: Settings, shared: SharedDeployment | None = None) -> AudioLibrary:
     try:
         return AudioLibrary(
             settings.audio_path,
             seed_folder=SHIPPED_AUDIO,
             max_bytes=settings.audio_max_bytes,
             max_seconds=settings.audio_max_seconds,
+            store=shared.clip_store() if shared else None,
         )
+    except SharedStoreUnavailable:
+        raise StartupError("Redis (REDIS_URL) stopped answering while the audio library was read") from None
     except AudioError as exc:
         raise StartupError(f"invalid audio library, not starting (the files are left untouched): {exc}") from None
     except OSError as exc:
@@ -195,22 +212,62 @@ def build_tools(settings: Settings, retriever: Retriever) -> ToolRegistry:
     return ToolRegistry(sources, default_timeout=settings.tool_timeout, result_chars=settings.tool_result_chars)
 
 
-def admin_secrets(settings: Settings) -> AdminSecrets:
-    """ADMIN_TOKEN and COOKIE_SECRET when set; else the ones kept in the data directory (made at the first start)."""
+def admin_secrets(settings: Settings, shared: SharedDeployment | None = None) -> AdminSecrets:
+    """ADMIN_TOKEN and COOKIE_SECRET when set; else the ones kept in the data directory (made at the first start),
+    or with Redis the ones all processes share."""
     try:
         kept = load_or_create(os.path.join(settings.data_dir, "secrets.json"))
     except OSError as exc:
         raise StartupError(f"cannot keep the admin secrets in {settings.data_dir}: {exc.strerror}") from None
+    if shared is not None:
+        try:
+            kept = shared.admin_secrets(kept)
+        except REDIS_ERRORS as exc:
+            raise StartupError(f"cannot read the admin secrets from Redis: {exc}") from None
     return AdminSecrets(settings.admin_token or kept.admin_token, settings.cookie_secret or kept.cookie_secret)
 
 
-def build_services(settings: Settings) -> Services:
-    knowledge_base = load_knowledge_base(settings)
+def connect_shared_state(settings: Settings, instance: str) -> SharedDeployment | None:
+    if not settings.redis_url:
+        return None
+    shared = SharedDeployment(settings.redis_url, settings.redis_prefix, instance)
+    try:
+        shared.connect()
+    except ConnectionError as exc:
+        raise StartupError(
+            f"cannot reach Redis at REDIS_URL ({redacted_url(settings.redis_url)}): {exc}. Start Redis, correct "
+            "REDIS_URL, or unset it to run one process on its own."
+        ) from None
+    return shared
+
+
+def redacted_url(url: str) -> str:
+    """`url` without its password (error messages and logs are read by more people than the settings)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def build_services(settings: Settings, instance: str | None = None) -> Services:
+    """`instance` names this process in shared logs (default: host:pid)."""
+    try:
+        os.makedirs(settings.data_dir, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot make the data directory {settings.data_dir}: {exc.strerror}") from None
+    instance = instance or f"{socket.gethostname()}:{os.getpid()}"
+    shared = connect_shared_state(settings, instance)
+    knowledge_base = load_knowledge_base(settings, shared)
     retriever = build_retriever(settings)
     knowledge_base.subscribe(retriever.rebuild)
     metrics = Metrics()
     request_log = RequestLog(
-        settings.request_log_size, settings.log_text_chars, settings.log_user_text, on_in_flight=metrics.in_flight.set
+        settings.request_log_size,
+        settings.log_text_chars,
+        settings.log_user_text,
+        instance=instance,
+        on_in_flight=metrics.in_flight.set,
     )
     request_log.watch_local(metrics.observe)
     try:
@@ -222,8 +279,11 @@ def build_services(settings: Settings) -> Services:
     except sqlite3.Error as exc:
         raise StartupError(f"cannot open the request history in {settings.data_dir}: {exc}") from None
     request_log.subscribe(history.add)
-    kept = admin_secrets(settings)
-    audio_library = open_audio_library(settings)
+    kept = admin_secrets(settings, shared)
+    audio_library = open_audio_library(settings, shared)
+    memory = ConversationMemory(settings.memory_conversations, settings.memory_messages, settings.memory_seconds)
+    if shared is not None:
+        shared.share(knowledge_base, audio_library, memory, request_log, metrics.dropped.labels("shared_log").inc)
     upstream = build_upstream(settings)
     policy = RelayPolicy(
         retries=settings.upstream_retries,
@@ -243,6 +303,7 @@ def build_services(settings: Settings) -> Services:
         knowledge_base=knowledge_base,
         retriever=retriever,
         tools=build_tools(settings, retriever),
-        memory=ConversationMemory(settings.memory_conversations, settings.memory_messages, settings.memory_seconds),
+        memory=memory,
         audio_library=audio_library,
+        shared=shared,
     )

@@ -19,11 +19,12 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from ..files import remove_stale_temporaries, write_atomically
+from ..files import StaleState, remove_stale_temporaries, write_atomically
 from .codec import (
     BYTES_PER_SECOND,
     SIMULATED_TRANSCRIPT,
@@ -43,6 +44,7 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}"
 _NAME = re.compile(rf"^{NAME_PATTERN}$")
 _AUDIO_FILE = re.compile(r"^[0-9a-f]{64}\.pcm$")
 MAX_TRANSCRIPT_CHARS = 10_000
+STALE_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,11 @@ class LibraryState:
         return cls(clips, active if active in clips else None, int(data.get("version", 0)))
 
 
+def audio_file_name(pcm: bytes) -> str:
+    """Audio files are named by their content: written once, never changed, shared by clips that sound alike."""
+    return hashlib.sha256(pcm).hexdigest() + ".pcm"
+
+
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise AudioError(
@@ -118,7 +125,10 @@ def simulated_clip() -> Clip:
 
 
 class ClipFolder:
-    """The library's files: the manifest and the audio files it names."""
+    """The library's files: the manifest and the audio files it names. (The shared store, Redis, has the same
+    methods: llmserver/shared/audio_store.py.)"""
+
+    shared = False
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
@@ -138,7 +148,7 @@ class ClipFolder:
 
     def store_audio(self, pcm: bytes) -> str:
         """Writes the audio file for `pcm` (unless it exists already) and returns its name."""
-        audio_file = hashlib.sha256(pcm).hexdigest() + ".pcm"
+        audio_file = audio_file_name(pcm)
         if not os.path.exists(self.path(audio_file)):
             write_atomically(self.path(audio_file), pcm)
         return audio_file
@@ -147,8 +157,35 @@ class ClipFolder:
         with open(self.path(audio_file), "rb") as handle:
             return handle.read()
 
-    def commit(self, state: LibraryState) -> None:
+    def commit(self, state: LibraryState, previous: LibraryState) -> None:
+        """Makes `state` the library's (one atomic replacement of the manifest), then removes the audio files only
+        `previous` named."""
         write_atomically(self.path(MANIFEST), json.dumps(state.to_json(), ensure_ascii=False, indent=1).encode())
+        still_named = {entry.audio_file for entry in state.clips.values()}
+        for entry in previous.clips.values():
+            if entry.audio_file not in still_named:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path(entry.audio_file))
+
+    def import_clips(self, clips: dict[str, tuple[bytes, str]], active: str | None) -> LibraryState:
+        """A new library holding `clips`."""
+        entries = {
+            name: ClipEntry(self.store_audio(pcm), transcript, len(pcm)) for name, (pcm, transcript) in clips.items()
+        }
+        state = LibraryState(entries, active, 1)
+        self.commit(state, state)
+        return state
+
+    def current_clips(self) -> tuple[dict[str, tuple[bytes, str]], str | None]:
+        """The clips of the library in this folder, in either layout (for an import into a shared store)."""
+        state = self.load()
+        if state is None:
+            return self.legacy_clips()
+        clips = {}
+        for name, entry in state.clips.items():
+            with contextlib.suppress(OSError):
+                clips[name] = (self.read_audio(entry.audio_file), entry.transcript)
+        return clips, state.active if state.active in clips else None
 
     def collect_garbage(self, state: LibraryState) -> None:
         """Removes audio files the manifest does not name, and temporary files a crash left."""
@@ -194,33 +231,41 @@ class AudioLibrary:
         seed_folder: str | None = None,
         max_bytes: int = 25 * 1024 * 1024,
         max_seconds: float = 120.0,
+        store: Any = None,
     ) -> None:
-        """Opens the library in `folder`; a new one starts with the clips of `seed_folder` (the shipped clip)."""
+        """Opens the library in `folder`; a new one starts with the clips of `seed_folder` (the shipped clip).
+        With a shared `store`, the library is the store's; an empty store is first filled with the folder's clips
+        (else the shipped ones)."""
         self.folder = folder
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
-        self._files = ClipFolder(folder)
+        os.makedirs(folder, exist_ok=True)
+        folder_files = ClipFolder(folder)
+        self._files = store or folder_files
         self._lock = threading.Lock()  # changes run in worker threads, one at a time; reads never wait
         self._clips: dict[str, tuple[ClipEntry, Clip]] = {}  # clips whose audio has been read
         self._simulated = simulated_clip()
-        os.makedirs(folder, exist_ok=True)
         state = self._files.load()
         if state is None:
-            state = self._import_legacy(seed_folder)
+            clips, active = folder_files.current_clips() if store else folder_files.legacy_clips()
+            if not clips and seed_folder:
+                clips, active = ClipFolder(seed_folder).legacy_clips()
+            state = self._files.import_clips(clips, active)
         self._state = state
-        self._files.collect_garbage(state)
+        if not self._files.shared:
+            folder_files.collect_garbage(state)
 
-    def _import_legacy(self, seed_folder: str | None) -> LibraryState:
-        clips, active = self._files.legacy_clips()
-        if not clips and seed_folder:
-            clips, active = ClipFolder(seed_folder).legacy_clips()
-        entries = {
-            name: ClipEntry(self._files.store_audio(pcm), transcript, len(pcm))
-            for name, (pcm, transcript) in clips.items()
-        }
-        state = LibraryState(entries, active, 1)
-        self._files.commit(state)
-        return state
+    def refresh(self) -> bool:
+        """Catches up with the shared store (or re-fills it from this copy if it lost its data); returns whether
+        anything changed here."""
+        if not self._files.shared or self._files.stored_version() == self._state.version:
+            return False  # the usual case, every few seconds: one GET
+        state = self._files.load(restore=self._state)
+        with self._lock:
+            if state is None or state.version == self._state.version:
+                return False
+            self._state = state
+            return True
 
     # Reading ------------------------------------------------------------------------------------------------
 
@@ -279,16 +324,24 @@ class AudioLibrary:
 
     # Changing: each change is one commit of the manifest ------------------------------------------------------
 
-    def _commit(self, state: LibraryState) -> None:
-        state = replace(state, version=self._state.version + 1)
-        self._files.commit(state)
-        old = self._state
-        self._state = state
-        still_named = {entry.audio_file for entry in state.clips.values()}
-        for entry in old.clips.values():
-            if entry.audio_file not in still_named:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._files.path(entry.audio_file))
+    def _change(self, make: Callable[[LibraryState], LibraryState | None]) -> None:
+        """Commits `make(current state)` (None: nothing to change). When another process changed the shared store
+        first, re-reads it and makes the change again from there."""
+        for _ in range(STALE_RETRIES):
+            with self._lock:
+                changed = make(self._state)
+                if changed is None:
+                    return
+                state = replace(changed, version=self._state.version + 1)
+                try:
+                    self._files.commit(state, self._state)
+                except StaleState:
+                    pass
+                else:
+                    self._state = state
+                    return
+            self.refresh()
+        raise AudioError("The audio library is being changed elsewhere right now; try again.", status=409)
 
     def add(self, name: str, data: bytes, transcript: Any, *, raw_pcm: bool = False, activate: bool = False) -> Clip:
         """Decodes, converts and stores a clip; refuses, changing nothing, anything it cannot accept."""
@@ -307,28 +360,33 @@ class AudioLibrary:
         if not pcm:
             raise AudioError("The file holds no audio.", field="file")
         check_duration(len(pcm) / BYTES_PER_SECOND, self.max_seconds)  # the header may have understated it
-        with self._lock:
+
+        def make(state: LibraryState) -> LibraryState:
             entry = ClipEntry(self._files.store_audio(pcm), transcript.strip(), len(pcm))
-            state = self._state
             active = name if activate or not state.clips else state.active  # the first clip plays at once
-            self._commit(replace(state, clips={**state.clips, name: entry}, active=active))
+            return replace(state, clips={**state.clips, name: entry}, active=active)
+
+        self._change(make)
         return self.get(name)
 
     def activate(self, name: str) -> None:
         check_name(name)
-        with self._lock:
-            state = self._state
+
+        def make(state: LibraryState) -> LibraryState | None:
             if name not in state.clips:
                 raise AudioError(f"No clip named {name!r}.", field="name", status=404)
-            if state.active != name:
-                self._commit(replace(state, active=name))
+            return None if state.active == name else replace(state, active=name)
+
+        self._change(make)
 
     def delete(self, name: str) -> None:
         check_name(name)
-        with self._lock:
-            state = self._state
+
+        def make(state: LibraryState) -> LibraryState:
             if name not in state.clips:
                 raise AudioError(f"No clip named {name!r}.", field="name", status=404)
             clips = {other: entry for other, entry in state.clips.items() if other != name}
             # Deleting the active clip leaves none active: the endpoint says so by simulating, not by guessing.
-            self._commit(replace(state, clips=clips, active=None if state.active == name else state.active))
+            return replace(state, clips=clips, active=None if state.active == name else state.active)
+
+        self._change(make)

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..files import open_database
+
 logger = logging.getLogger("llmserver.knowledge")
 
 ENDPOINT_BATCH = 64
@@ -177,8 +179,7 @@ class EmbeddingCache:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         for attempt in range(2):
             try:
-                connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                connection.execute("PRAGMA journal_mode=WAL")
+                connection = open_database(self.path)
                 connection.execute(
                     "CREATE TABLE IF NOT EXISTS vectors (model TEXT, fingerprint TEXT, vector BLOB, "
                     "PRIMARY KEY (model, fingerprint))"
@@ -186,8 +187,8 @@ class EmbeddingCache:
                 connection.execute("SELECT model, fingerprint, vector FROM vectors LIMIT 1").fetchall()
                 return connection
             except sqlite3.DatabaseError as exc:
-                if attempt:
-                    raise
+                if attempt or (isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)):
+                    raise  # busy for longer than the wait (another worker), not damaged: kept
                 logger.warning("the embedding cache %s is unreadable (%s); starting a new one", self.path, exc)
                 for suffix in ("", "-wal", "-shm"):
                     with contextlib.suppress(FileNotFoundError):

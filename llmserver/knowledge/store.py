@@ -13,10 +13,11 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from ..files import remove_stale_temporaries, write_atomically
+from ..files import StaleState, remove_stale_temporaries, write_atomically
 from ..protocol.errors import ServiceError
 from ..protocol.json_body import InvalidJson, parse_json
 
@@ -47,6 +48,40 @@ class EditConflict(KnowledgeError):
 
 
 Listener = Callable[[list[dict[str, Any]], int], None]
+STALE_RETRIES = 5  # a change that keeps meeting newer shared state is refused (409) after this many tries
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change, as a storage saves it: the whole new state, and what changed to make it."""
+
+    documents: dict[str, dict[str, Any]]  # every document, in order
+    version: int  # the version it becomes (one more than the version it was made from)
+    changed: tuple[str, ...]  # ids added or replaced
+    deleted: tuple[str, ...]
+    everything: bool = False  # an import: all documents replaced
+
+
+@dataclass
+class Snapshot:
+    """A storage's state, as a process reads it (to start, or to catch up with other processes' changes)."""
+
+    documents: list[dict[str, Any]]
+    changed_at: dict[str, int]
+    version: int
+
+
+class FileStorage:
+    """The embedded default: knowledge.json, rewritten atomically on every change."""
+
+    shared = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def save(self, change: Change) -> None:
+        data = {"version": change.version, "documents": list(change.documents.values())}
+        write_atomically(self.path, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode())
 
 
 def validate_document(data: Any, max_chars: int, where: str = "document") -> dict[str, Any]:
@@ -88,8 +123,18 @@ def validate_document(data: Any, max_chars: int, where: str = "document") -> dic
 
 
 class KnowledgeBase:
-    def __init__(self, path: str, *, max_documents: int = 20000, max_document_chars: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        storage: Any = None,
+        max_documents: int = 20000,
+        max_document_chars: int = 100_000,
+    ) -> None:
+        """`storage` saves each change: knowledge.json at `path` (the default), or the shared store (Redis), which
+        also reads other processes' changes (`refresh`, `apply_remote`)."""
         self.path = path
+        self.storage = storage or FileStorage(path)
         self.max_documents = max_documents
         self.max_document_chars = max_document_chars
         self.version = 0
@@ -101,14 +146,28 @@ class KnowledgeBase:
     # Loading and saving -------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str, *, seed: str | None = None, **limits: int) -> KnowledgeBase:
+    def load(cls, path: str, *, seed: str | None = None, storage: Any = None, **limits: int) -> KnowledgeBase:
         """Reads `path`. A missing file starts as a copy of `seed` (the shipped knowledge base), or empty.
-        Raises KnowledgeError for an invalid file."""
-        base = cls(path, **limits)
+        Raises KnowledgeError for an invalid file.
+
+        With a shared `storage`, the file (else `seed`) is only imported into it when it holds no knowledge base
+        yet, and the shared one is what this process then serves."""
+        base = cls(path, storage=storage, **limits)
         remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
         source = path if os.path.exists(path) else seed
-        if source is None or not os.path.exists(source):
+        if source is not None and not os.path.exists(source):
+            source = None
+        documents, version = base.read_file(source) if source else ([], 0)
+        if base.storage.shared:
+            base.storage.import_if_empty(documents, max(version, 1))
+            base.refresh()
             return base
+        base._install(Snapshot(documents, dict.fromkeys((d["id"] for d in documents), 0), version))
+        if source not in (None, path):
+            base._save(base._documents, (), ())  # the operator's own copy, from now on
+        return base
+
+    def read_file(self, source: str) -> tuple[list[dict[str, Any]], int]:
         try:
             with open(source, "rb") as handle:
                 data = parse_json(handle.read(), what=source)
@@ -116,12 +175,9 @@ class KnowledgeBase:
             raise KnowledgeError(f"{source}: cannot be read ({exc.strerror}).") from None
         except InvalidJson as exc:
             raise KnowledgeError(str(exc)) from None
-        base._replace_all(base.parse_file_data(data, where=source))
-        if isinstance(data.get("version"), int) and data["version"] > 0:
-            base.version = data["version"]
-        if source != path:
-            base._commit(base._documents, [])  # the operator's own copy, from now on
-        return base
+        documents = self.parse_file_data(data, where=source)
+        version = data["version"] if isinstance(data.get("version"), int) and data["version"] > 0 else 0
+        return documents, version
 
     def parse_file_data(self, data: Any, where: str = "knowledge base") -> list[dict[str, Any]]:
         if not isinstance(data, dict) or not isinstance(data.get("documents"), list):
@@ -142,20 +198,78 @@ class KnowledgeBase:
             result.append(document)
         return result
 
-    def _commit(self, documents: dict[str, dict[str, Any]], changed: list[str]) -> None:
-        """Saves the new state, then makes it current: a failed save changes neither memory nor the file."""
-        version = self.version + 1
-        data = {"version": version, "documents": list(documents.values())}
-        write_atomically(self.path, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode())
-        self._documents, self.version = documents, version
-        for doc_id in changed:
-            self._changed_at[doc_id] = version
+    def _save(
+        self, documents: dict[str, dict[str, Any]], changed: Iterable[str], deleted: Iterable[str], everything=False
+    ) -> None:
+        """Saves the new state, then makes it current: a failed save changes neither memory nor the store.
+        Raises StaleState when the shared store moved on meanwhile."""
+        change = Change(documents, self.version + 1, tuple(changed), tuple(deleted), everything)
+        self.storage.save(change)
+        self._documents, self.version = documents, change.version
+        if everything:
+            self._changed_at = dict.fromkeys(documents, change.version)
+        for doc_id in change.changed:
+            self._changed_at[doc_id] = change.version
+        for doc_id in change.deleted:
+            self._changed_at.pop(doc_id, None)
         self._tell_listeners()
 
-    def _replace_all(self, documents: list[dict[str, Any]]) -> None:
-        self._documents = {d["id"]: d for d in documents}
-        self._changed_at = {d["id"]: 0 for d in documents}
+    def _change(self, make: Callable[[], tuple[dict[str, dict[str, Any]], list[str], list[str]]], everything=False):
+        """Makes a change from the current state (`make` validates against it and returns the new documents, the
+        changed ids and the deleted ids). When another process changed the shared state first, re-reads it and
+        makes the change again from there: its checks (existence, conflicts) then see the other change."""
+        for _ in range(STALE_RETRIES):
+            with self._lock:
+                documents, changed, deleted = make()
+                try:
+                    self._save(documents, changed, deleted, everything)
+                    return
+                except StaleState:
+                    pass
+            self.refresh()
+        raise KnowledgeError("The knowledge base is being changed elsewhere right now; try again.", status=409)
+
+    def _install(self, snapshot: Snapshot) -> None:
+        self._documents = {d["id"]: d for d in snapshot.documents}
+        self._changed_at = dict(snapshot.changed_at)
+        self.version = snapshot.version
         self._tell_listeners()
+
+    def refresh(self) -> bool:
+        """Catches up with the shared store (when it changed, or lost its data and is re-filled from this copy).
+        Returns whether anything changed here."""
+        if not self.storage.shared or self.storage.stored_version() == self.version:
+            return False  # the usual case, every few seconds: one GET
+        with self._lock:
+            mine = Snapshot(list(self._documents.values()), dict(self._changed_at), self.version)
+        snapshot = self.storage.load(restore=mine)
+        with self._lock:
+            if snapshot.version == self.version:
+                return False
+            self._install(snapshot)
+            return True
+
+    def apply_remote(self, version: int, changed: list[str], deleted: list[str]) -> None:
+        """Another process's change, as it announced it: applied by reading just those documents when it is the
+        next version, else by re-reading everything."""
+        with self._lock:
+            if version <= self.version:
+                return
+            next_version = version == self.version + 1
+        if next_version:
+            found = self.storage.fetch(changed)
+            with self._lock:
+                if found.version == version and self.version == version - 1:
+                    documents = {k: v for k, v in self._documents.items() if k not in deleted}
+                    documents.update({d["id"]: d for d in found.documents})
+                    self._documents = documents
+                    for doc_id in deleted:
+                        self._changed_at.pop(doc_id, None)
+                    self._changed_at.update(found.changed_at)
+                    self.version = version
+                    self._tell_listeners()
+                    return
+        self.refresh()
 
     def subscribe(self, listener: Listener) -> None:
         """Calls `listener(documents, version)` now and after every change, in the thread that made it."""
@@ -194,13 +308,17 @@ class KnowledgeBase:
 
     def add(self, data: Any) -> dict[str, Any]:
         document = validate_document(data, self.max_document_chars)
-        with self._lock:
-            if document["id"] in self._documents:
-                raise KnowledgeError(f"A document with id {document['id']!r} already exists.", field="id", status=409)
+        doc_id = document["id"]
+
+        def make():
+            if doc_id in self._documents:
+                raise KnowledgeError(f"A document with id {doc_id!r} already exists.", field="id", status=409)
             if len(self._documents) >= self.max_documents:
                 raise KnowledgeError(f"The knowledge base holds its limit of {self.max_documents} documents.")
-            self._commit({**self._documents, document["id"]: document}, [document["id"]])
-            return self.get(document["id"])
+            return {**self._documents, doc_id: document}, [doc_id], []
+
+        self._change(make)
+        return self.get(doc_id)
 
     def update(self, doc_id: str, data: Any, read_version: int | None = None) -> dict[str, Any]:
         """Replaces a document; with `read_version`, refuses (409) if it changed after that version."""
@@ -209,26 +327,27 @@ class KnowledgeBase:
         document = validate_document(data, self.max_document_chars)
         if document["id"] != doc_id:
             raise KnowledgeError("The document's id cannot be changed.", field="id")
-        with self._lock:
+
+        def make():
             if doc_id not in self._documents:
                 raise DocumentNotFound(doc_id)
             changed = self._changed_at.get(doc_id, 0)
             if read_version is not None and changed > read_version:
                 raise EditConflict(doc_id, read_version, changed)
-            self._commit({**self._documents, doc_id: document}, [doc_id])
-            return self.get(doc_id)
+            return {**self._documents, doc_id: document}, [doc_id], []
+
+        self._change(make)
+        return self.get(doc_id)
 
     def delete(self, doc_id: str) -> None:
-        with self._lock:
+        def make():
             if doc_id not in self._documents:
                 raise DocumentNotFound(doc_id)
-            remaining = {k: v for k, v in self._documents.items() if k != doc_id}
-            self._commit(remaining, [])
-            self._changed_at.pop(doc_id, None)
+            return {k: v for k, v in self._documents.items() if k != doc_id}, [], [doc_id]
+
+        self._change(make)
 
     def replace_all(self, data: Any) -> None:
         """Imports a whole knowledge.json: all of it is validated before anything changes."""
-        documents = self.parse_file_data(data, where="imported file")
-        with self._lock:
-            self._commit({d["id"]: d for d in documents}, [d["id"] for d in documents])
-            self._changed_at = {d["id"]: self.version for d in documents}
+        documents = {d["id"]: d for d in self.parse_file_data(data, where="imported file")}
+        self._change(lambda: (documents, list(documents), []), everything=True)

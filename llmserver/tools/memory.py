@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,16 @@ class Exchange:
 
     def to_dict(self) -> dict[str, Any]:
         return {"after_user": self.after_user, "turn_id": self.turn_id, "at": self.at, "messages": list(self.messages)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Exchange:
+        """An exchange as to_dict wrote it (another process's, through the shared store)."""
+        messages = data["messages"]
+        if not isinstance(data["after_user"], str) or not isinstance(messages, list):
+            raise ValueError("not an exchange")
+        if not all(isinstance(message, dict) for message in messages):
+            raise ValueError("not an exchange")
+        return cls(data["after_user"], data.get("turn_id"), tuple(messages), float(data.get("at", time.time())))
 
 
 @dataclass
@@ -68,8 +78,17 @@ class ConversationMemory:
         self.max_age = max_age
         self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
         self._lock = threading.Lock()
+        self._on_remember: Callable[[str, Exchange], None] | None = None
+        self._on_forget: Callable[[str], None] | None = None
 
-    def remember(self, key: str, exchange: Exchange) -> None:
+    def watch(self, remembered: Callable[[str, Exchange], None], forgotten: Callable[[str], None]) -> None:
+        """Hears what this process remembers and forgets (the shared store passes it on to the others)."""
+        self._on_remember, self._on_forget = remembered, forgotten
+
+    def remember(self, key: str, exchange: Exchange, *, announce: bool = True) -> None:
+        """Keeps `exchange`; `announce=False` for another process's, which that process announced."""
+        if announce and self._on_remember is not None:
+            self._on_remember(key, exchange)
         with self._lock:
             self._expire()
             conversation = self._conversations.pop(key, None) or _Conversation()
@@ -123,7 +142,9 @@ class ConversationMemory:
             conversation = self._conversations.get(key)
             return None if conversation is None else [exchange.to_dict() for exchange in conversation.exchanges]
 
-    def forget(self, key: str) -> bool:
+    def forget(self, key: str, *, announce: bool = True) -> bool:
+        if announce and self._on_forget is not None:
+            self._on_forget(key)
         with self._lock:
             return self._conversations.pop(key, None) is not None
 

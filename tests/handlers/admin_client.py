@@ -57,3 +57,15 @@ async def sign_in_with_cookie(base_url: str, token: str, with_xsrf: bool = True)
 
 def bearer(base_url: str, token: str) -> AdminClient:
     return AdminClient(base_url, {"Authorization": f"Bearer {token}"})
+
+
+def multipart(fields: dict[str, str], file_name: str | None, data: bytes) -> tuple[bytes, str]:
+    boundary = "----test-boundary-7MA4YWxkTrZu0gW"
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    if file_name is not None:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
+        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"

@@ -10,7 +10,7 @@ import pytest
 from tests.audio_files import encode, tone
 from tests.client import stream
 from tests.conftest import files_in
-from tests.handlers.admin_client import AdminClient, bearer, sign_in_with_cookie
+from tests.handlers.admin_client import AdminClient, bearer, multipart, sign_in_with_cookie
 
 ROUTES = [
     ("GET", "/admin/api/status"),
@@ -192,18 +192,6 @@ async def test_bad_knowledge_input_is_refused_and_changes_nothing(
     error = json.loads(response.body)["error"]
     assert error["message"] and set(error) == {"message", "type", "param", "code"}
     assert stored(settings) == before
-
-
-def multipart(fields: dict[str, str], file_name: str | None, data: bytes) -> tuple[bytes, str]:
-    boundary = "----test-boundary-7MA4YWxkTrZu0gW"
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    if file_name is not None:
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
-        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 @pytest.mark.gen_test

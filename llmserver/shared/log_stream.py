@@ -1,0 +1,67 @@
+"""One live log for all processes: each appends its request records to a capped Redis stream and reads everyone
+else's, which its request log then hands to its dashboards and its history as if they were its own (each record
+names the instance that served it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..request_log import RequestLog
+from .redis_state import REDIS_ERRORS, RETRY_PAUSES, SharedState, Shipper
+
+logger = logging.getLogger("llmserver.shared")
+STREAM_LENGTH = 10_000  # records the stream keeps (approximately: Redis trims in whole blocks)
+
+
+class SharedRequestLog:
+    def __init__(
+        self, state: SharedState, request_log: RequestLog, on_drop: Callable[[int], None] | None = None
+    ) -> None:
+        self.state = state
+        self.request_log = request_log
+        self.stream_key = state.key("log")
+        self.shipper = Shipper(state, self._send, on_drop=on_drop)
+        request_log.watch_local(self.shipper.put)
+
+    @property
+    def dropped(self) -> int:
+        return self.shipper.dropped
+
+    def start(self) -> None:
+        self.state.run(self.shipper.run())
+        self.state.run(self._read())
+
+    def _send(self, pipe: Any, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            fields = {"record": json.dumps(record, ensure_ascii=False)}
+            pipe.xadd(self.stream_key, fields, maxlen=STREAM_LENGTH, approximate=True)
+
+    async def _read(self) -> None:
+        last = "$"  # from now on; after an outage, from the last record read (what was added meanwhile is read)
+        attempt = 0
+        while True:
+            try:
+                replies = await self.state.aio.xread({self.stream_key: last}, count=500, block=1000)
+                attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS:
+                await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
+                attempt += 1
+                continue
+            for _, entries in replies or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    self._publish(fields)
+
+    def _publish(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            record = json.loads(fields[b"record"])
+        except (KeyError, ValueError):
+            return
+        if isinstance(record, dict) and record.get("instance") != self.request_log.instance and record.get("key"):
+            self.request_log.publish(record)

@@ -1,0 +1,87 @@
+"""Fixtures: a real Redis, and two instances of the server (two services, two HTTP servers, named "a" and "b")
+sharing it, as two machines behind a load balancer would; each has its own data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+import tornado.testing
+
+from llmserver.services import Services, build_services
+from server import make_app, make_http_server
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Instance:
+    services: Services
+    base_url: str
+    server: object
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.services.admin_token}"}
+
+
+def start_instance(settings, name: str) -> Instance:
+    services = build_services(settings, instance=name)
+    services.start_background_work()
+    sock, port = tornado.testing.bind_unused_port()
+    server = make_http_server(make_app(services))
+    server.add_socket(sock)
+    return Instance(services, f"http://127.0.0.1:{port}", server)
+
+
+async def stop_instance(instance: Instance) -> None:
+    instance.server.stop()
+    await instance.server.close_all_connections()
+    await instance.services.aclose()
+
+
+@pytest.fixture
+def shared_settings(settings, redis_server, tmp_path):
+    return dataclasses.replace(settings, redis_url=redis_server.url, data_dir=str(tmp_path / "a"))
+
+
+@pytest.fixture
+def instances(shared_settings, io_loop, tmp_path):
+    """Instances "a" and "b", both listening to Redis's announcements before the test begins."""
+    started: list[Instance] = []
+
+    async def start() -> None:
+        for name in ("a", "b"):
+            settings = dataclasses.replace(shared_settings, data_dir=str(tmp_path / name))
+            started.append(start_instance(settings, name))
+        for instance in started:
+            await asyncio.wait_for(instance.services.shared.state.listening.wait(), 10)
+
+    io_loop.run_sync(start)
+    yield started
+    for instance in started:
+        io_loop.run_sync(lambda instance=instance: stop_instance(instance))
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, what: str = "") -> float:
+    """Waits until `check()` holds (polling); returns the seconds it took. Fails after `timeout`."""
+    start = time.monotonic()
+    while True:
+        outcome = check()
+        if asyncio.iscoroutine(outcome):
+            outcome = await outcome
+        if outcome:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,268 @@
+"""Two instances sharing one real Redis: what one changes, the other uses; one live log; conflicts found across
+them; Redis lost and back."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from llmserver.services import StartupError, build_services
+from llmserver.tools.memory import Exchange
+from tests.audio_files import encode, tone
+from tests.client import stream
+from tests.handlers.admin_client import bearer, multipart
+from tests.redis_server import free_port
+from tests.shared.conftest import eventually, start_instance, stop_instance
+
+QUESTION = "What is the zebra code for the back gate?"
+
+
+def injected(fake_upstream) -> str:
+    """The system message the RAG endpoint gave the upstream (its knowledge passages)."""
+    messages = fake_upstream.requests[-1].body["messages"]
+    return "\n".join(m["content"] for m in messages if m["role"] == "system")
+
+
+async def rag_answer_uses(instance, fake_upstream, words: str) -> bool:
+    body = {"messages": [{"role": "user", "content": QUESTION}]}
+    result = await stream(instance.base_url, "/rag/chat/completions", body)
+    assert result.response.code == 200 and result.events[-1] == "[DONE]"
+    return words in injected(fake_upstream)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_edit_through_one_instance_is_used_by_a_request_through_the_other(instances, fake_upstream):
+    a, b = instances
+    document = {"id": "zebra", "title": "Back gate", "content": "The zebra code for the back gate is 4471."}
+    assert not await rag_answer_uses(b, fake_upstream, "4471")
+    created = await bearer(a.base_url, a.services.admin_token).fetch("POST", "/admin/api/knowledge", document)
+    assert created.code == 201
+    assert await rag_answer_uses(a, fake_upstream, "4471")  # the instance that made it: at once
+    await eventually(lambda: rag_answer_uses(b, fake_upstream, "4471"), what="b uses a's new document")
+    assert b.services.knowledge_base.version == a.services.knowledge_base.version
+    assert b.services.knowledge_base.export() == a.services.knowledge_base.export()
+
+    # An update and a delete through b reach a the same way (the announced documents only, not a full re-read).
+    admin_b = bearer(b.base_url, b.services.admin_token)
+    version = b.services.knowledge_base.version
+    updated = await admin_b.fetch(
+        "PUT", "/admin/api/knowledge/zebra", {**document, "content": "The zebra code is now 9012.", "version": version}
+    )
+    assert updated.code == 200
+    await eventually(lambda: rag_answer_uses(a, fake_upstream, "9012"), what="a uses b's update")
+    assert (await admin_b.fetch("DELETE", "/admin/api/knowledge/zebra")).code == 204
+    await eventually(lambda: "zebra" not in {d["id"] for d in a.services.knowledge_base.documents()})
+    assert a.services.knowledge_base.export() == b.services.knowledge_base.export()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_conflicting_edits_from_two_instances_are_refused_as_within_one(instances):
+    a, b = instances
+    admin_a, admin_b = bearer(a.base_url, a.services.admin_token), bearer(b.base_url, b.services.admin_token)
+    read = json.loads((await admin_b.fetch("GET", "/admin/api/knowledge/connect-agora")).body)
+    version = b.services.knowledge_base.version
+    mine = {"title": read["title"], "content": "Edited on a.", "version": version}
+    theirs = {"title": read["title"], "content": "Edited on b.", "version": version}
+    assert (await admin_a.fetch("PUT", "/admin/api/knowledge/connect-agora", mine)).code == 200
+    # b may not have heard of a's edit yet: Redis's version check stops b's stale save all the same.
+    refused = await admin_b.fetch("PUT", "/admin/api/knowledge/connect-agora", theirs)
+    assert refused.code == 409, refused.body
+    assert json.loads(refused.body)["error"]["param"] == "version"
+    await eventually(lambda: b.services.knowledge_base.get("connect-agora")["content"] == "Edited on a.")
+
+    # Two instances adding one id at the same moment: one wins, the other is told it exists.
+    new = {"id": "racing", "content": "One of two."}
+    replies = await asyncio.gather(
+        admin_a.fetch("POST", "/admin/api/knowledge", new), admin_b.fetch("POST", "/admin/api/knowledge", new)
+    )
+    assert sorted(reply.code for reply in replies) == [201, 409]
+    await eventually(lambda: a.services.knowledge_base.export() == b.services.knowledge_base.export())
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_import_through_one_instance_replaces_the_others_knowledge(instances):
+    a, b = instances
+    replacement = {"documents": [{"id": "only", "title": "Only", "content": "The only document left."}]}
+    admin_a = bearer(a.base_url, a.services.admin_token)
+    assert (await admin_a.fetch("PUT", "/admin/api/knowledge.json", replacement)).code == 200
+    await eventually(lambda: [d["id"] for d in b.services.knowledge_base.documents()] == ["only"])
+    exported = json.loads(
+        (await bearer(b.base_url, b.services.admin_token).fetch("GET", "/admin/api/knowledge.json")).body
+    )
+    assert exported["documents"] == [{**replacement["documents"][0], "tags": [], "enabled": True}]
+
+
+@pytest.mark.settings(audio_pace="burst")
+@pytest.mark.gen_test(timeout=60)
+async def test_a_clip_uploaded_through_one_instance_plays_on_the_other(instances):
+    a, b = instances
+    body, content_type = multipart(
+        {"transcript": "Shared reply.", "name": "shared", "activate": "true"},
+        "shared.wav",
+        encode(tone(0.5, 16000), 16000),
+    )
+    admin_a = bearer(a.base_url, a.services.admin_token)
+    created = await admin_a.fetch("POST", "/admin/api/audio", raw=body, headers={"Content-Type": content_type})
+    assert created.code == 201
+    await eventually(lambda: b.services.audio_library.active_name() == "shared")
+    ask = {"messages": [{"role": "user", "content": "Play it."}], "modalities": ["text", "audio"]}
+    result = await stream(b.base_url, "/audio/chat/completions", ask)
+    assert result.chunks[0]["choices"][0]["delta"]["audio"]["transcript"] == "Shared reply."
+    assert b.services.audio_library.active_clip().pcm == a.services.audio_library.active_clip().pcm
+
+    # Deleted through b: a plays the simulated reply (no clip is active), and the audio is gone from Redis too.
+    assert (await bearer(b.base_url, b.services.admin_token).fetch("DELETE", "/admin/api/audio/shared")).code == 204
+    await eventually(lambda: "shared" not in a.services.audio_library.names())
+    assert a.services.audio_library.active_name() is None
+    redis_keys = a.services.shared.state.sync.keys("llm:audio:pcm:*")
+    assert len(redis_keys) == len({e["size"] for e in a.services.audio_library.list()})  # the shipped clip's
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_conversations_memory_follows_it_to_the_other_instance(instances):
+    a, b = instances
+    exchange = Exchange(
+        "What is it like in Oslo?",
+        None,
+        (
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "4 degrees"},
+        ),
+    )
+    a.services.memory.remember("user:ada", exchange)
+    await eventually(lambda: b.services.memory.get("user:ada") is not None, what="b holds a's memory")
+    assert b.services.memory.get("user:ada") == a.services.memory.get("user:ada")
+    held = a.services.shared.state.sync.ttl("llm:memory:user:ada")
+    assert 0 < held <= a.services.settings.memory_seconds  # it expires with the conversation
+
+    # A new instance reads the conversations still in Redis when it starts.
+    c = start_instance(dataclasses.replace(a.services.settings), "c")
+    try:
+        assert c.services.memory.get("user:ada") == a.services.memory.get("user:ada")
+    finally:
+        await stop_instance(c)
+    response = await bearer(b.base_url, b.services.admin_token).fetch("DELETE", "/admin/api/conversations/user:ada")
+    assert response.code == 204
+    await eventually(lambda: a.services.memory.get("user:ada") is None, what="a forgets it too")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_live_log_on_one_instance_shows_requests_served_by_the_other(instances, fake_upstream):
+    a, b = instances
+    assert a.services.admin_token == b.services.admin_token  # one sign-in for the deployment
+    request = HTTPRequest(
+        a.base_url.replace("http://", "ws://") + "/admin/ws/logs",
+        headers={"Authorization": f"Bearer {a.services.admin_token}"},
+    )
+    connection = await websocket_connect(request)
+    try:
+        await stream(b.base_url, "/chat/completions", {"messages": [{"role": "user", "content": "served by b"}]})
+        while True:
+            message = json.loads(await asyncio.wait_for(connection.read_message(), 10))
+            record = message.get("record") or message
+            if isinstance(record, dict) and record.get("last_user_message") == "served by b":
+                break
+        assert record["instance"] == "b"
+    finally:
+        connection.close()
+    # a's history keeps b's request too, once: the dashboard's history is the deployment's.
+    await eventually(lambda: any(r["instance"] == "b" for r in a.services.history.page(limit=10)))
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_redis_lost_mid_run_completions_go_on_edits_are_refused_then_everything_recovers(
+    instances, fake_upstream, redis_server
+):
+    a, b = instances
+    admin_a = bearer(a.base_url, a.services.admin_token)
+    redis_server.kill()
+    chat = {"messages": [{"role": "user", "content": "still there?"}]}
+    for instance in (a, b):  # from each process's own copy of the state
+        result = await stream(instance.base_url, "/chat/completions", chat)
+        assert result.response.code == 200 and result.events[-1] == "[DONE]"
+        assert await rag_answer_uses(instance, fake_upstream, "") is True
+    refused = await admin_a.fetch("POST", "/admin/api/knowledge", {"id": "during", "content": "Added while down."})
+    assert refused.code == 503, refused.body
+    assert json.loads(refused.body)["error"]["code"] == "shared_store_unavailable"
+    assert "during" not in {d["id"] for d in a.services.knowledge_base.documents()}  # nothing half-done
+    await eventually(lambda: not a.services.shared.available, what="a notices")
+    readiness = await AsyncHTTPClient().fetch(a.base_url + "/readyz", raise_error=False)
+    assert readiness.code == 503 and json.loads(readiness.body)["checks"]["redis"] is False
+
+    redis_server.start()  # on the same port, with its data (append-only file)
+    await eventually(lambda: a.services.shared.available and b.services.shared.available, timeout=30)
+    assert (await AsyncHTTPClient().fetch(a.base_url + "/readyz")).code == 200
+    created = await admin_a.fetch("POST", "/admin/api/knowledge", {"id": "after", "content": "The zebra code is 5150."})
+    assert created.code == 201
+    await eventually(lambda: rag_answer_uses(b, fake_upstream, "5150"), what="b uses an edit made after the outage")
+    # The records of the requests served during the outage waited and were shipped: each side sees the other's.
+    await eventually(
+        lambda: any(
+            r["instance"] == "b" and r["last_user_message"] == "still there?" for r in a.services.request_log.recent()
+        )
+    )
+    assert a.services.dropped_records() == 0
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_redis_that_lost_its_data_is_refilled_from_the_instances(tmp_path, settings, fake_upstream):
+    from tests.redis_server import RedisServer
+
+    forgetful = RedisServer(tmp_path / "forgetful", durable=False).start()
+    base = dataclasses.replace(settings, redis_url=forgetful.url)
+    a = start_instance(dataclasses.replace(base, data_dir=str(tmp_path / "a")), "a")
+    b = start_instance(dataclasses.replace(base, data_dir=str(tmp_path / "b")), "b")
+    try:
+        admin_a = bearer(a.base_url, a.services.admin_token)
+        assert (
+            await admin_a.fetch("POST", "/admin/api/knowledge", {"id": "kept", "content": "Kept across."})
+        ).code == 201
+        await eventually(lambda: b.services.knowledge_base.version == a.services.knowledge_base.version)
+        forgetful.kill()
+        forgetful.start()  # empty
+        await eventually(lambda: forgetful.client().exists("llm:kb:version"), timeout=30, what="refilled")
+        await eventually(lambda: forgetful.client().exists("llm:audio:manifest"), timeout=30)
+        documents = forgetful.client().hkeys("llm:kb:documents")
+        assert b"kept" in documents
+        assert (await admin_a.fetch("POST", "/admin/api/knowledge", {"id": "later", "content": "Later."})).code == 201
+        await eventually(lambda: "later" in {d["id"] for d in b.services.knowledge_base.documents()})
+    finally:
+        await stop_instance(a)
+        await stop_instance(b)
+        forgetful.stop()
+
+
+def test_the_first_start_imports_knowledge_json_and_later_ones_use_redis(settings, redis_server, tmp_path, io_loop):
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for folder, content in ((first_dir, "Imported from the first."), (second_dir, "Never imported.")):
+        folder.mkdir()
+        (folder / "knowledge.json").write_text(
+            json.dumps({"version": 7, "documents": [{"id": "d", "content": content}]})
+        )
+    first = build_services(dataclasses.replace(settings, redis_url=redis_server.url, data_dir=str(first_dir)), "first")
+    second = build_services(
+        dataclasses.replace(settings, redis_url=redis_server.url, data_dir=str(second_dir)), "second"
+    )
+    try:
+        assert first.knowledge_base.export() == second.knowledge_base.export()
+        assert first.knowledge_base.get("d")["content"] == "Imported from the first."
+        assert first.knowledge_base.version == 7  # the file's version goes on counting
+        # The file stays as it was: the import/export format, no longer written while Redis holds the base.
+        assert json.loads((second_dir / "knowledge.json").read_text())["documents"][0]["content"] == "Never imported."
+    finally:
+        io_loop.run_sync(first.aclose)
+        io_loop.run_sync(second.aclose)
+
+
+def test_redis_unreachable_at_start_refuses_to_start_and_says_so(settings):
+    address = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    with pytest.raises(StartupError) as refused:
+        build_services(dataclasses.replace(settings, redis_url=address))
+    message = str(refused.value)
+    assert "cannot reach Redis" in message and "REDIS_URL" in message
+    assert "s3cret" not in message and ":***@127.0.0.1" in message

@@ -1,0 +1,158 @@
+"""`python server.py --workers 2` as a real process tree: one port, shared state, supervision, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.client import stream
+from tests.handlers.admin_client import bearer
+from tests.redis_server import free_port
+from tests.shared.conftest import eventually
+from tests.test_server_process import ROOT, open_stream, run_until_exit
+
+TOKEN = "workers-test-token"
+
+
+@contextlib.asynccontextmanager
+async def workers(tmp_path, redis_url: str, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """The server with two workers; its log goes to a file (a full pipe would stall it), read by `log_of`."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "PROMETHEUS_"))}
+    with open(tmp_path / "server.log", "wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            os.path.join(ROOT, "server.py"),
+            *("--port", "0", "--workers", "2", "--redis-url", redis_url, "--admin-token", TOKEN),
+            *("--data-dir", str(tmp_path / "data"), "--embeddings", "none", *args),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            env=environment,
+            cwd=ROOT,
+        )
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert "(2 workers)" in line, line + log_of(tmp_path)
+        yield process, line.split("listening on ")[1].split()[0]
+    finally:
+        if process.returncode is None:
+            process.kill()  # the supervisor only: its workers are told by Linux and stop (their pipe closes)
+            await asyncio.wait_for(process.wait(), 30)
+
+
+def log_of(tmp_path) -> str:
+    return (tmp_path / "server.log").read_text(errors="replace")
+
+
+async def status(url: str) -> dict:
+    """One request on a new connection: the kernel picks the worker."""
+    response = await AsyncHTTPClient(force_instance=True).fetch(
+        url + "/admin/api/status", headers={"Authorization": f"Bearer {TOKEN}", "Connection": "close"}
+    )
+    return json.loads(response.body)
+
+
+async def instances_seen(url: str, wanted: int = 2, tries: int = 200) -> set[str]:
+    seen: set[str] = set()
+    for _ in range(tries):
+        seen.add((await status(url))["instance"])
+        if len(seen) >= wanted:
+            break
+    return seen
+
+
+def pid_of(instance: str) -> int:
+    return int(instance.rsplit(":", 1)[1])
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_two_workers_serve_one_port_and_share_the_state(tmp_path, redis_server, io_loop):
+    async with workers(tmp_path, redis_server.url) as (_, url):
+        first, second = sorted(await instances_seen(url))
+        added = await bearer(url, TOKEN).fetch("POST", "/admin/api/knowledge", {"id": "w", "content": "Both see it."})
+        assert added.code == 201
+        version = json.loads((await bearer(url, TOKEN).fetch("GET", "/admin/api/knowledge")).body)["version"]
+
+        async def both_at_version() -> bool:
+            replies = {}
+            while len(replies) < 2:
+                reply = await status(url)
+                replies[reply["instance"]] = reply["knowledge_version"]
+            return set(replies.values()) == {version}
+
+        await eventually(both_at_version, what="both workers hold the edit")
+
+        # Metrics add up across workers, whichever worker answers /metrics.
+        for n in range(6):
+            result = await stream(url, "/chat/completions", {"messages": [{"role": "user", "content": f"n{n}"}]})
+            assert result.events[-1] == "[DONE]"
+        metrics = (await AsyncHTTPClient().fetch(url + "/metrics")).body.decode()
+        counted = re.findall(r'^llm_requests_total\{endpoint="chat",outcome="ok"\} (\S+)$', metrics, re.M)
+        assert [float(value) for value in counted] == [6.0], metrics[:2000]
+        head = await AsyncHTTPClient().fetch(url + "/readyz", method="HEAD")
+        assert head.code == 200 and head.body == b""
+        assert first != second
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_killed_worker_is_restarted_and_its_peer_loses_nothing(tmp_path, redis_server, io_loop):
+    async with workers(tmp_path, redis_server.url, "--offline-word-delay", "0.03") as (process, url):
+        seen = await instances_seen(url)
+        assert len(seen) == 2
+        # Streams running on both workers; then one worker is killed outright.
+        streams = [await open_stream(url) for _ in range(8)]
+        for reader, _ in streams:
+            await reader.readuntil(b'"content":"I "')
+        victim = pid_of(sorted(seen)[0])
+        os.kill(victim, signal.SIGKILL)
+        finished = 0
+        for reader, writer in streams:
+            rest = await asyncio.wait_for(reader.read(), 30)
+            finished += b"data: [DONE]" in rest
+            writer.close()
+        assert 0 < finished < 8  # the survivor's streams all ended properly; the victim's were cut
+        survivors = await instances_seen(url, tries=400)
+        assert len(survivors) == 2 and f":{victim}" not in " ".join(survivors)
+        await eventually(lambda: f"pid {victim}) died (signal 9); starting another" in log_of(tmp_path))
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_sigterm_drains_every_worker_then_exits_0(tmp_path, redis_server, io_loop):
+    async with workers(tmp_path, redis_server.url, "--offline-word-delay", "0.04") as (process, url):
+        streams = [await open_stream(url) for _ in range(6)]
+        for reader, _ in streams:
+            await reader.readuntil(b'"content":"I "')
+        process.send_signal(signal.SIGTERM)
+        for reader, writer in streams:
+            assert b"data: [DONE]" in await asyncio.wait_for(reader.read(), 30), "a running stream was cut"
+            writer.close()
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_several_workers_without_redis_refuse_to_start_and_say_what_to_set(tmp_path, io_loop):
+    returncode, stdout, stderr = await run_until_exit("--workers", "2", "--data-dir", str(tmp_path / "data"))
+    message = stderr.decode()
+    assert returncode == 2 and b"listening" not in stdout
+    assert "needs REDIS_URL" in message and "share" in message and "Traceback" not in message
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_workers_whose_redis_is_unreachable_refuse_to_start(tmp_path, io_loop):
+    returncode, stdout, stderr = await run_until_exit(
+        "--workers", "2", "--port", "0", "--redis-url", f"redis://127.0.0.1:{free_port()}/0",
+        "--data-dir", str(tmp_path / "data"), "--embeddings", "none",
+    )  # fmt: skip
+    message = stderr.decode()
+    assert returncode == 2 and b"listening" not in stdout
+    assert "cannot reach Redis" in message and "Traceback" not in message
