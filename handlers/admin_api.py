@@ -323,6 +323,7 @@ class StatusHandler(AdminApiHandler):
                 "passages": services.retriever.passage_count,
                 "semantic_retrieval": services.retriever.semantic_ready,
                 "active_clip": services.audio_library.active_name(),
+                "shared": None if services.shared is None else {"reachable": services.shared.available},
             }
         )
 

@@ -21,7 +21,7 @@ const filterOutcome = document.getElementById("filter-outcome");
 const socketState = document.getElementById("socket-state");
 const missedNotice = document.getElementById("missed");
 const pauseButton = document.getElementById("pause");
-const noRecords = emptyRow("No requests match these filters yet.", 9);
+const noRecords = emptyRow("No requests match these filters yet.", 10);
 
 function retrievalOrClip(record) {
   const tools = (record.tool_calls || []).map((call) => `${call.name} ${call.outcome === "ok" ? "✓" : "✗"} ${ms(call.ms)}`);
@@ -50,11 +50,11 @@ function rowFor(record) {
   row.className = `outcome-${record.outcome}`;
   const time = new Date(record.started_at * 1000).toLocaleTimeString();
   const cells = [
-    time, record.endpoint, record.model || "", record.last_user_message, record.outcome,
+    time, record.instance || "", record.endpoint, record.model || "", record.last_user_message, record.outcome,
     ms(record.first_chunk_ms), ms(record.total_ms), record.chunks, retrievalOrClip(record),
   ];
   for (const value of cells) row.appendChild(element("td", value));
-  row.children[4].className = record.outcome;
+  row.children[5].className = record.outcome;
   row.title = record.error || "";
   if (record.key === selectedKey) row.classList.add("selected");
   row.addEventListener("click", () => openRecord(record, row));

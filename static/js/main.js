@@ -1,12 +1,13 @@
-// Admin dashboard: live request log, knowledge base, audio clips, tools. ES modules, no framework, no build step.
+// Admin dashboard: live request log, knowledge base, audio clips, tools, request history. ES modules, no framework, no build step.
 
 import { startAudio, loadClips } from "./audio.js";
 import { startKnowledge, loadKnowledge } from "./knowledge.js";
+import { loadHistory, startHistory } from "./history.js";
 import { drawChart, startLiveLog } from "./live-log.js";
 import { startStatus } from "./status.js";
 import { loadTools, startTools } from "./tools.js";
 
-const tabs = { log: drawChart, knowledge: loadKnowledge, audio: loadClips, tools: loadTools };
+const tabs = { log: drawChart, knowledge: loadKnowledge, audio: loadClips, tools: loadTools, history: loadHistory };
 
 function selectTab(name) {
   for (const tab of Object.keys(tabs)) {
@@ -25,3 +26,4 @@ startLiveLog();
 startKnowledge();
 startAudio();
 startTools();
+startHistory();

@@ -1,4 +1,5 @@
-// The header: upstream, uptime, requests in flight and totals, refreshed every two seconds.
+// The header: upstream, uptime, requests in flight and totals, dropped records, Redis (when shared), refreshed
+// every two seconds.
 
 import { api } from "./api.js";
 
@@ -18,6 +19,14 @@ async function refreshStatus() {
     document.getElementById("status-in-flight").textContent = status.in_flight;
     for (const outcome of ["ok", "error", "cancelled"]) {
       document.getElementById(`status-${outcome}`).textContent = status.totals[outcome];
+    }
+    document.getElementById("status-dropped").textContent = status.dropped_records;
+    const shared = status.shared;
+    document.getElementById("status-shared-box").hidden = !shared;
+    if (shared) {
+      const node = document.getElementById("status-shared");
+      node.textContent = shared.reachable ? "reachable" : "unreachable";
+      node.className = shared.reachable ? "ok" : "error";
     }
   } catch (error) {
     document.getElementById("status-upstream").textContent = `unavailable (${error.message})`;

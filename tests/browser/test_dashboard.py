@@ -128,8 +128,9 @@ def test_a_request_appears_in_the_live_log_within_a_second(page: Page, server_ur
     ask(server_url, "chat", "Is the live log live?")
     row = page.locator("#log-rows tr", has_text="Is the live log live?")
     expect(row).to_be_visible(timeout=1000)
-    expect(row.locator("td").nth(1)).to_have_text("chat")
-    expect(row.locator("td").nth(4)).to_have_text("ok")
+    expect(row.locator("td").nth(1)).to_contain_text(":")  # the instance that served it (host:pid)
+    expect(row.locator("td").nth(2)).to_have_text("chat")
+    expect(row.locator("td").nth(5)).to_have_text("ok")
     row.click()
     started, record = page.locator("#log-detail-body").inner_text().split("\n\n", 1)
     assert started.endswith("Z")  # a readable time above the record
@@ -142,7 +143,7 @@ def test_user_text_is_shown_as_text_never_as_html(page: Page, server_url: str):
     ask(server_url, "chat", hostile)
     row = page.locator("#log-rows tr", has_text="window.pwned")
     expect(row).to_be_visible()
-    assert row.locator("td").nth(3).inner_text() == hostile
+    assert row.locator("td").nth(4).inner_text() == hostile
     assert row.locator("b, img, script").count() == 0
     assert page.evaluate("window.pwned") is None
 
@@ -313,3 +314,31 @@ def test_the_tools_tab_lists_tries_and_disables_tools_and_the_log_shows_calls(pa
     assert "Asia/Tokyo" not in ask(server_url, "chat", "What time is it in Tokyo?")
     page.check("#tool-rows tr[data-name=current_time] input[type=checkbox]")
     expect(page.locator("#tools-message")).to_contain_text("is offered")
+
+
+def test_the_history_tab_pages_filters_and_opens_a_request(page: Page, server_url: str):
+    for n in range(3):
+        ask(server_url, "rag", f"History question {n}: how do I connect Agora?")
+    ask(server_url, "chat", "A chat turn for the history")
+    page.click("#tab-history")
+    expect(page.locator("#history-rows tr", has_text="History question 2")).to_be_visible()
+    expect(page.locator("#history-rows tr", has_text="A chat turn for the history")).to_be_visible()
+    page.select_option("#history-filters [name=endpoint]", "rag")
+    page.fill("#history-filters [name=q]", "history question")
+    page.click("#history-filters button[type=submit]")
+    expect(page.locator("#history-rows tr")).to_have_count(3)
+    expect(page.locator("#history-rows tr", has_text="A chat turn for the history")).to_have_count(0)
+    page.fill("#history-filters [name=since]", "2000-01-01T00:00:00")
+    page.fill("#history-filters [name=until]", "2001-01-01T00:00:00")
+    page.click("#history-filters button[type=submit]")
+    expect(page.locator("#history-rows tr")).to_have_text("No requests in the history match these filters.")
+    page.fill("#history-filters [name=since]", "")
+    page.fill("#history-filters [name=until]", "")
+    page.click("#history-filters button[type=submit]")
+    page.locator("#history-rows tr", has_text="History question 1").click()
+    detail = page.locator("#history-detail-body")
+    expect(detail).to_contain_text("History question 1: how do I connect Agora?")  # the messages as logged
+    expect(detail.locator("[data-part=injected-knowledge]")).to_contain_text("connect-agora#")
+    expect(detail.locator("[data-part=reply]")).to_contain_text("From the knowledge base")
+    expect(detail.locator("[data-part=timings]")).to_contain_text("First chunk")
+    page.screenshot(path=str(ARTIFACTS / "history.png"))
