@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.audio_files import encode, tone
-from tests.client import parse_sse
+from tests.client import parse_sse, stream
 from tests.conftest import files_in
 from tests.handlers.admin_client import bearer
 
@@ -198,3 +198,24 @@ async def test_an_invalid_tools_file_stops_the_start_naming_the_problem(tmp_path
     message = stderr.decode()
     assert returncode == 2 and "invalid tools file" in message and "UNSET_FOR_THIS_TEST" in message
     assert "Traceback" not in message
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_history_and_the_admin_sign_in_survive_a_restart(tmp_path, io_loop):
+    """Without Redis and without ADMIN_TOKEN: the token is made once and kept (mode 600), the history on disk."""
+    async with running_server(tmp_path) as (process, url, _):
+        token = (await process.stdout.readline()).decode().split("token=")[1].strip()
+        result = await stream(url, "/chat/completions", {"messages": [{"role": "user", "content": "remember me"}]})
+        assert result.events[-1] == "[DONE]"
+        process.terminate()
+        assert await process.wait() == 0
+    secrets_file = tmp_path / "data" / "secrets.json"
+    assert secrets_file.stat().st_mode & 0o777 == 0o600
+    async with running_server(tmp_path) as (process, url, _):
+        assert (await process.stdout.readline()).decode().split("token=")[1].strip() == token
+        history = await bearer(url, token).fetch("GET", "/admin/api/history")
+        assert history.code == 200  # the same token still signs in
+        records = json.loads(history.body)["records"]
+        assert [r["last_user_message"] for r in records] == ["remember me"]
+        process.terminate()
+        await process.wait()

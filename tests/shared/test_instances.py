@@ -12,6 +12,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from llmserver.services import StartupError, build_services
+from llmserver.shared.redis_state import SharedState, Shipper
 from llmserver.tools.memory import Exchange
 from tests.audio_files import encode, tone
 from tests.client import stream
@@ -266,3 +267,23 @@ def test_redis_unreachable_at_start_refuses_to_start_and_says_so(settings):
     message = str(refused.value)
     assert "cannot reach Redis" in message and "REDIS_URL" in message
     assert "s3cret" not in message and ":***@127.0.0.1" in message
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_what_cannot_be_shipped_waits_within_its_bound_and_the_rest_is_counted_as_dropped(redis_server):
+    state = SharedState(redis_server.url, "t:", "x")
+    dropped: list[int] = []
+    shipper = Shipper(state, lambda pipe, batch: pipe.rpush("t:list", *batch), capacity=3, on_drop=dropped.append)
+    redis_server.kill()
+    for n in range(10):  # all before the shipper first runs: it will take the first one, and fail
+        shipper.put(str(n))
+    assert shipper.dropped == 7 and dropped == [1] * 7
+    task = asyncio.ensure_future(shipper.run())
+    try:
+        await eventually(lambda: not state.available, what="the failure is noticed")
+        redis_server.start()
+        await eventually(lambda: redis_server.client().llen("t:list") == 3, timeout=20)
+        assert redis_server.client().lrange("t:list", 0, -1) == [b"0", b"1", b"2"]  # in order, once
+    finally:
+        task.cancel()
+        await state.aclose()
