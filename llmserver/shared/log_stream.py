@@ -50,6 +50,8 @@ class SharedRequestLog:
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS:
+                if self.state.closing:
+                    return
                 await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
                 attempt += 1
                 continue

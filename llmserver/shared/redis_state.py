@@ -54,6 +54,7 @@ class SharedState:
         self._handlers: dict[str, EventHandler] = {}
         self._resyncs: list[ResyncHandler] = []
         self._tasks: list[asyncio.Task] = []
+        self.closing = False  # set by aclose: background loops end
         self.listening = asyncio.Event()  # subscribed: announcements from now on are heard
 
     def key(self, name: str) -> str:
@@ -116,6 +117,8 @@ class SharedState:
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:
+                if self.closing:
+                    return
                 if self.available:
                     logger.warning("shared store: Redis unreachable (%s); answering from this process's state", exc)
                 self.available = False
@@ -154,11 +157,15 @@ class SharedState:
             logger.exception("shared store: applying a %s change failed", event.get("kind"))
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self.closing = True
+        pending = set(self._tasks)
+        deadline = time.monotonic() + 5
+        while pending and time.monotonic() < deadline:
+            # redis-py may swallow a cancellation that lands inside a command, or turn it into a connection
+            # error (which `closing` then turns into an end): cancel again until each task has ended.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         await self.aio.aclose()
         self.sync.close()
 
@@ -193,7 +200,7 @@ class Shipper:
                 self._on_drop(1)
 
     async def run(self) -> None:
-        while True:
+        while not self.state.closing:
             batch = [await self._queue.get()]
             while len(batch) < self._batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -205,6 +212,8 @@ class Shipper:
                         await pipe.execute()
                     break
                 except REDIS_ERRORS:
+                    if self.state.closing:
+                        return
                     self.state.available = False
                     await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
                     attempt += 1

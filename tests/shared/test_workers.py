@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from bench.load import run_load
 from tests.client import stream
 from tests.handlers.admin_client import bearer
 from tests.redis_server import free_port
@@ -21,17 +22,20 @@ from tests.shared.conftest import eventually
 from tests.test_server_process import ROOT, open_stream, run_until_exit
 
 TOKEN = "workers-test-token"
+CHAT = {"messages": [{"role": "user", "content": "Tell me a story."}]}
 
 
 @contextlib.asynccontextmanager
-async def workers(tmp_path, redis_url: str, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """The server with two workers; its log goes to a file (a full pipe would stall it), read by `log_of`."""
+async def workers(
+    tmp_path, redis_url: str, *args: str, count: int = 2
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """The server with `count` workers; its log goes to a file (a full pipe would stall it), read by `log_of`."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "PROMETHEUS_"))}
     with open(tmp_path / "server.log", "wb") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             os.path.join(ROOT, "server.py"),
-            *("--port", "0", "--workers", "2", "--redis-url", redis_url, "--admin-token", TOKEN),
+            *("--port", "0", "--workers", str(count), "--redis-url", redis_url, "--admin-token", TOKEN),
             *("--data-dir", str(tmp_path / "data"), "--embeddings", "none", *args),
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
@@ -40,7 +44,7 @@ async def workers(tmp_path, redis_url: str, *args: str) -> AsyncIterator[tuple[a
         )
     try:
         line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-        assert "(2 workers)" in line, line + log_of(tmp_path)
+        assert "listening on" in line and (count == 1 or f"({count} workers)" in line), line + log_of(tmp_path)
         yield process, line.split("listening on ")[1].split()[0]
     finally:
         if process.returncode is None:
@@ -156,3 +160,14 @@ async def test_workers_whose_redis_is_unreachable_refuse_to_start(tmp_path, io_l
     message = stderr.decode()
     assert returncode == 2 and b"listening" not in stdout
     assert "cannot reach Redis" in message and "Traceback" not in message
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_sigterm_right_after_a_burst_of_traffic_still_exits_promptly(tmp_path, redis_server, io_loop):
+    """The log shipper is mid-command when the stop comes: redis-py may swallow the cancellation, and shutdown
+    must not wait on it forever."""
+    async with workers(tmp_path, redis_server.url, "--offline-word-delay", "0", count=1) as (process, url):
+        port = int(url.rsplit(":", 1)[1])
+        await run_load(port, "/chat/completions", {**CHAT, "stream": True}, 30, 2.0)
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 15) == 0
