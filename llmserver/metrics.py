@@ -63,15 +63,17 @@ class Metrics:
             ["where"],
             **registry,
         )
+        self._cached: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
     def observe(self, record: dict[str, Any]) -> None:
         """A finished request's record, as the request log hands it on."""
         endpoint = record["endpoint"]
-        self.requests.labels(endpoint, record["outcome"]).inc()
+        requests, first_chunk, duration = self._children(endpoint, record["outcome"])
+        requests.inc()
         if record["first_chunk_ms"] is not None:
-            self.first_chunk.labels(endpoint).observe(record["first_chunk_ms"] / 1000)
+            first_chunk.observe(record["first_chunk_ms"] / 1000)
         if record["total_ms"] is not None:
-            self.duration.labels(endpoint).observe(record["total_ms"] / 1000)
+            duration.observe(record["total_ms"] / 1000)
         code = record.get("error_code") or ""
         if code.startswith("upstream") or code in ("first_token_timeout", "completion_timeout"):
             self.upstream_errors.labels(code).inc()
@@ -80,6 +82,19 @@ class Metrics:
             self.retrieval.observe(retrieval["ms"] / 1000)
         for call in record.get("tool_calls") or ():
             self.tools.labels(call["name"], call["outcome"]).observe(call["ms"] / 1000)
+
+    def _children(self, endpoint: str, outcome: str) -> tuple[Any, Any, Any]:
+        """The labelled series a request updates, looked up once per endpoint and outcome (`labels()` is the
+        costly part of an update)."""
+        found = self._cached.get((endpoint, outcome))
+        if found is None:
+            found = (
+                self.requests.labels(endpoint, outcome),
+                self.first_chunk.labels(endpoint),
+                self.duration.labels(endpoint),
+            )
+            self._cached[(endpoint, outcome)] = found
+        return found
 
     def exposition(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

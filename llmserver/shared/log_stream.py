@@ -24,6 +24,7 @@ class SharedRequestLog:
         self.state = state
         self.request_log = request_log
         self.stream_key = state.key("log")
+        self._instance = request_log.instance.encode()
         self.shipper = Shipper(state, self._send, on_drop=on_drop)
         request_log.watch_local(self.shipper.put)
 
@@ -37,7 +38,7 @@ class SharedRequestLog:
 
     def _send(self, pipe: Any, records: list[dict[str, Any]]) -> None:
         for record in records:
-            fields = {"record": json.dumps(record, ensure_ascii=False)}
+            fields = {"instance": self.request_log.instance, "record": json.dumps(record, ensure_ascii=False)}
             pipe.xadd(self.stream_key, fields, maxlen=STREAM_LENGTH, approximate=True)
 
     async def _read(self) -> None:
@@ -61,6 +62,8 @@ class SharedRequestLog:
                     self._publish(fields)
 
     def _publish(self, fields: dict[bytes, bytes]) -> None:
+        if fields.get(b"instance") == self._instance:
+            return  # this process's own record: it has it already (not even parsed)
         try:
             record = json.loads(fields[b"record"])
         except (KeyError, ValueError):
