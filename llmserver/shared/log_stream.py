@@ -15,6 +15,9 @@ from .redis_state import REDIS_ERRORS, RETRY_PAUSES, SharedState, Shipper
 
 logger = logging.getLogger("llmserver.shared")
 STREAM_LENGTH = 10_000  # records the stream keeps (approximately: Redis trims in whole blocks)
+# A live log may lag by a tenth of a second: records are sent, and read, at most that often (and then in batches),
+# so that shipping them costs the event loop little whatever the request rate.
+BATCH_SECONDS = 0.1
 
 
 class SharedRequestLog:
@@ -25,7 +28,7 @@ class SharedRequestLog:
         self.request_log = request_log
         self.stream_key = state.key("log")
         self._instance = request_log.instance.encode()
-        self.shipper = Shipper(state, self._send, on_drop=on_drop)
+        self.shipper = Shipper(state, self._send, linger=BATCH_SECONDS, on_drop=on_drop)
         request_log.watch_local(self.shipper.put)
 
     @property
@@ -60,6 +63,8 @@ class SharedRequestLog:
                 for entry_id, fields in entries:
                     last = entry_id
                     self._publish(fields)
+            if replies:
+                await asyncio.sleep(BATCH_SECONDS)  # the next read then takes what arrived meanwhile, at once
 
     def _publish(self, fields: dict[bytes, bytes]) -> None:
         if fields.get(b"instance") == self._instance:

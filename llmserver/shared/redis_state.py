@@ -182,12 +182,14 @@ class Shipper:
         *,
         capacity: int = 10_000,
         batch: int = 500,
+        linger: float = 0.0,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.state = state
         self._send = send  # adds the batch's commands to a pipeline
         self._queue: asyncio.Queue = asyncio.Queue(capacity)
         self._batch = batch
+        self._linger = linger
         self._on_drop = on_drop
         self.dropped = 0
 
@@ -202,6 +204,10 @@ class Shipper:
     async def run(self) -> None:
         while not self.state.closing:
             batch = [await self._queue.get()]
+            if self._linger:
+                # What else finishes meanwhile goes in the same round trip: one pipeline per linger at most, however
+                # many requests end, so the event loop spends little on shipping between its streams' chunks.
+                await asyncio.sleep(self._linger)
             while len(batch) < self._batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             attempt = 0
