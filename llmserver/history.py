@@ -153,7 +153,7 @@ class RequestHistory:
             logger.warning("request history: could not trim (%s)", exc)
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Waits until what was queued so far is written (a blocking call: tests, and the end of the process)."""
+        """Waits until what was queued so far is written (a blocking call: reads, tests, the end of the process)."""
         written = threading.Event()
         self._signal(written)
         written.wait(timeout)
@@ -169,7 +169,9 @@ class RequestHistory:
         until: float | None = None,
         text: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Records newest first, older than `before` (a started_at from the previous page), filtered."""
+        """Records newest first, older than `before` (a started_at from the previous page), filtered. Blocking (run
+        it in a thread): what is queued is written first, so a request that has just ended is there."""
+        self.flush()
         conditions, values = [], []
         for column, value in (("endpoint", endpoint), ("outcome", outcome)):
             if value:
@@ -194,6 +196,7 @@ class RequestHistory:
         return [summary(json.loads(row[0])) for row in rows]
 
     def get(self, key: str) -> dict[str, Any] | None:
+        self.flush()
         with self._read_lock:
             row = self._read.execute("SELECT record FROM requests WHERE key = ?", [key]).fetchone()
         return json.loads(row[0]) if row else None

@@ -45,10 +45,15 @@ class SharedRequestLog:
             pipe.xadd(self.stream_key, fields, maxlen=STREAM_LENGTH, approximate=True)
 
     async def _read(self) -> None:
-        last = "$"  # from now on; after an outage, from the last record read (what was added meanwhile is read)
+        # From the newest record when this process starts; after an outage, from the last one read, so that what
+        # the others shipped meanwhile (or right as Redis came back) is read too.
+        last = None
         attempt = 0
         while True:
             try:
+                if last is None:
+                    newest = await self.state.aio.xrevrange(self.stream_key, count=1)
+                    last = newest[0][0] if newest else "0-0"
                 replies = await self.state.aio.xread({self.stream_key: last}, count=500, block=1000)
                 attempt = 0
             except asyncio.CancelledError:

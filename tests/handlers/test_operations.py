@@ -110,8 +110,7 @@ async def test_the_history_pages_filters_and_opens_one_request(http_server, base
     await stream(base_url, "/rag/chat/completions", {"messages": [{"role": "user", "content": "How do I connect?"}]})
     fake_upstream.behaviour.status = 500
     await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "this one fails"}]})
-    services.history.flush()
-    token = services.admin_token
+    token = services.admin_token  # no flush: what has just ended is in the history the API reads
 
     everything = (await history_of(base_url, token))["records"]
     assert [r["last_user_message"] for r in everything[:2]] == ["this one fails", "How do I connect?"]
