@@ -97,6 +97,9 @@ async def serve(settings: Settings, announce: Callable[[list[str]], None] | None
     stdout, and the port is bound with SO_REUSEPORT beside the other workers'."""
     services = build_services(settings)
     services.start_background_work()
+    if services.shared is not None and not await services.shared.listening():
+        await services.aclose()
+        raise StartupError("Redis at REDIS_URL answered, then did not let this process subscribe to its announcements")
     app = make_app(services)
     server = make_http_server(app)
     try:

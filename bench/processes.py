@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,17 +39,25 @@ def llm_server(upstream_port: int | None, *args: str, **env: str) -> Iterator[in
         environment["OPENAI_BASE_URL"] = f"http://127.0.0.1:{upstream_port}/v1"
         environment["OPENAI_API_KEY"] = "sk-bench"
     environment.update(env)
-    process = subprocess.Popen(
-        [sys.executable, "server.py", "--port", "0", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=environment,
-    )
-    try:
-        line = process.stdout.readline()
-        yield int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
-    finally:
-        process.terminate()
-        process.wait(15)
+    with tempfile.TemporaryFile("w+") as log:  # the server's log: shown if it does not start, else discarded
+        process = subprocess.Popen(
+            [sys.executable, "server.py", "--port", "0", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=environment,
+        )
+        try:
+            line = process.stdout.readline()
+            if "listening on " not in line:
+                process.wait(15)
+                log.seek(0)
+                raise RuntimeError(f"the server did not start (exit code {process.returncode}):\n{log.read()[-3000:]}")
+            yield int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+        finally:
+            process.terminate()
+            process.wait(15)
+            if os.environ.get("BENCH_SERVER_LOG"):
+                log.seek(0)
+                sys.stderr.write(log.read())

@@ -100,5 +100,14 @@ class SharedDeployment:
         if self.log is not None:
             self.log.start()
 
+    async def listening(self, timeout: float = 10.0) -> bool:
+        """Waits until this process hears the others' announcements and has caught up with what changed before;
+        a server starts serving only then. False if that did not happen within `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self.state.listening.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def aclose(self) -> None:
         await self.state.aclose()

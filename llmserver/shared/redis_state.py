@@ -55,7 +55,7 @@ class SharedState:
         self._resyncs: list[ResyncHandler] = []
         self._tasks: list[asyncio.Task] = []
         self.closing = False  # set by aclose: background loops end
-        self.listening = asyncio.Event()  # subscribed: announcements from now on are heard
+        self.listening = asyncio.Event()  # subscribed and caught up: announcements from now on are heard
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -99,10 +99,12 @@ class SharedState:
             pubsub = self.aio.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                self.listening.set()
+                # What changed before the subscription took effect (since the start-up read, or during an outage)
+                # was announced to no one here: re-read it now, not at the next periodic re-read.
+                await self._resync()
                 if missed:
-                    await self._resync()
                     logger.info("shared store: Redis reachable again; state re-read")
+                self.listening.set()
                 self.available = True
                 attempt = 0
                 missed = False

@@ -238,6 +238,28 @@ async def test_a_redis_that_lost_its_data_is_refilled_from_the_instances(tmp_pat
         forgetful.stop()
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_an_edit_made_while_an_instance_starts_is_applied_once_it_listens(
+    shared_settings, tmp_path, fake_upstream
+):
+    """The window between a process's first read of the shared state and its subscription to the announcements: an
+    edit made then must not wait for the periodic re-read (RESYNC_SECONDS, 5 s), nor may requests be served before
+    the process listens."""
+    a = start_instance(dataclasses.replace(shared_settings, data_dir=str(tmp_path / "a")), "a")
+    b_services = build_services(dataclasses.replace(shared_settings, data_dir=str(tmp_path / "b")), instance="b")
+    try:
+        await asyncio.wait_for(a.services.shared.state.listening.wait(), 10)
+        document = {"id": "zebra", "content": "The zebra code for the back gate is 3303."}
+        assert (await bearer(a.base_url, a.services.admin_token).fetch("POST", "/admin/api/knowledge", document)).code
+        b_services.start_background_work()
+        await asyncio.wait_for(b_services.shared.state.listening.wait(), 10)
+        assert b_services.knowledge_base.version == a.services.knowledge_base.version
+        assert "3303" in b_services.knowledge_base.get("zebra")["content"]
+    finally:
+        await stop_instance(a)
+        await b_services.aclose()
+
+
 def test_the_first_start_imports_knowledge_json_and_later_ones_use_redis(settings, redis_server, tmp_path, io_loop):
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
     for folder, content in ((first_dir, "Imported from the first."), (second_dir, "Never imported.")):
