@@ -37,7 +37,9 @@ class CompletionEndpoint(ApiHandler):
     def initialize(self) -> None:
         self._task: asyncio.Task | None = None  # the task running post(), cancelled when the client leaves
         self._client_gone = False
-        self.record: RequestRecord | None = None
+        self.record: RequestRecord | None = None  # begun when the request is admitted (prepare)
+        self._record_ended = False
+        self._posted = False
 
     def on_connection_close(self) -> None:
         # The Agora engine closes the connection on barge-in: stop generating and cancel the upstream call now.
@@ -45,6 +47,9 @@ class CompletionEndpoint(ApiHandler):
         self._client_gone = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        elif not self._posted and self.record is not None:
+            self.record.cancel()  # gone while its body arrived: post() never runs
+            self._end_record()
 
     def prepare(self) -> None:
         try:
@@ -64,16 +69,31 @@ class CompletionEndpoint(ApiHandler):
             record.fail(error.status, error.message, error.code)
             self.request_log.finish(record)
             raise
+        # Admitted: the request counts as in flight from now, while its body arrives, so that a burst cannot pass
+        # the cap all at once before any of it reaches post().
+        self.record = self.request_log.begin(self.request_id, self.endpoint)
+
+    def _end_record(self) -> None:
+        if self.record is not None and not self._record_ended:
+            self._record_ended = True
+            self.request_log.finish(self.record)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if self.record is None and status_code == 413:  # a body cut off at the limit while it arrived
-            record = self.request_log.begin(self.request_id, self.endpoint)
-            record.fail(413, "request body too large", "request_too_large")
-            self.request_log.finish(record)
+        if self.record is not None and not self._posted:  # refused while the body arrived (413: too large)
+            if status_code == 413:
+                self.record.fail(413, "request body too large", "request_too_large")
+            else:
+                self.record.fail(status_code, f"refused before the body was read (HTTP {status_code})")
+            self._end_record()
         super().write_error(status_code, **kwargs)
 
+    def on_finish(self) -> None:
+        self._end_record()  # a request answered before post() (post() ends its own record first)
+
     async def post(self) -> None:
-        self.record = record = self.request_log.begin(self.request_id, self.endpoint)
+        self._posted = True
+        record = self.record
+        assert record is not None
         self.events = EventStream(self)
         try:
             if self.services.shutting_down:
@@ -108,7 +128,7 @@ class CompletionEndpoint(ApiHandler):
             await self._report(ApiError(500, INTERNAL_ERROR, type="server_error"))
         finally:
             self._task = None
-            self.request_log.finish(record)
+            self._end_record()
 
     def _describe(self, chat: ChatRequest) -> None:
         record = self.record

@@ -72,13 +72,21 @@ class RawClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def send(self, path: str, body: dict, headers: dict[str, str] | None = None) -> None:
+    async def send(self, path: str, body: dict, headers: dict[str, str] | None = None, withhold: int = 0) -> None:
+        """Sends the request; with `withhold`, all but that many bytes of its body (send_rest sends them)."""
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         data = json.dumps(body).encode()
         lines = [f"POST {path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Content-Type: application/json"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         lines.append(f"Content-Length: {len(data)}")
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+        cut = len(data) - withhold
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data[:cut])
+        self._rest = data[cut:]
+        await self.writer.drain()
+
+    async def send_rest(self) -> None:
+        assert self.writer is not None
+        self.writer.write(self._rest)
         await self.writer.drain()
 
     async def read_until(self, marker: bytes) -> bytes:
