@@ -6,11 +6,13 @@ Raw sockets keep the client's own cost low and equal for every target, so ratios
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +74,7 @@ async def _one_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 async def run_load(
     port: int,
     path: str,
-    body: dict,
+    body: dict | Callable[[int], dict],
     concurrency: int,
     seconds: float,
     headers: dict[str, str] | None = None,
@@ -80,13 +82,19 @@ async def run_load(
     stagger: float = 0.0,
     pause: float = 0.0,
 ) -> LoadResult:
-    """`concurrency` connections, each sending one stream after another for `seconds`.
+    """`concurrency` connections, each sending one stream after another for `seconds`; `body` is the request's,
+    or makes the n-th request's.
 
     With `stagger`, connection i starts i/concurrency of that many seconds late, so that requests arrive spread
     out as callers' requests do, not all in the same millisecond. With `pause`, each connection waits that long
     after a stream before its next request, as a caller does while it plays or speaks the reply.
     """
-    request = request_bytes(port, path, body, headers)
+    fixed = None if callable(body) else request_bytes(port, path, body, headers)
+    sent = itertools.count()
+
+    def next_request() -> bytes:
+        return fixed if fixed is not None else request_bytes(port, path, body(next(sent)), headers)
+
     result = LoadResult()
     deadline = time.perf_counter() + seconds
 
@@ -95,7 +103,7 @@ async def run_load(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while time.perf_counter() < deadline:
-                first, ok = await _one_stream(reader, writer, request, first_marker)
+                first, ok = await _one_stream(reader, writer, next_request(), first_marker)
                 if ok and first is not None:
                     result.first_chunk_ms.append(first)
                     result.completed += 1

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +34,18 @@ def fake_upstream(
         process.wait(10)
 
 
+def wait_until_ready(port: int, seconds: float = 180.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5):
+                return
+        except OSError:  # 503 (HTTPError) while it starts, or a refused connection
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server on port {port} was not ready within {seconds:.0f} s") from None
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def llm_server(upstream_port: int | None, *args: str, **env: str) -> Iterator[int]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
@@ -54,7 +68,9 @@ def llm_server(upstream_port: int | None, *args: str, **env: str) -> Iterator[in
                 process.wait(15)
                 log.seek(0)
                 raise RuntimeError(f"the server did not start (exit code {process.returncode}):\n{log.read()[-3000:]}")
-            yield int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+            port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+            wait_until_ready(port)  # the knowledge base embedded: nothing of the start-up competes with the load
+            yield port
         finally:
             process.terminate()
             process.wait(15)

@@ -10,6 +10,7 @@ lexical only.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -257,12 +258,17 @@ class Retriever:
 
     async def query_vectors(self, query: RetrievalQuery) -> tuple[np.ndarray, np.ndarray | None] | None:
         assert self.embedder is not None
-        last = await self.embedder.embed_query(query.text) if query.text else None
-        if last is None:
+        if not query.text:
             return None
         if not query.history:
-            return last, None
-        history = await self.embedder.embed_query(query.history)
+            last = await self.embedder.embed_query(query.text)
+            return None if last is None else (last, None)
+        # Together, so that a batching embedder makes one call of both.
+        last, history = await asyncio.gather(
+            self.embedder.embed_query(query.text), self.embedder.embed_query(query.history)
+        )
+        if last is None:
+            return None
         if history is None:
             return last, None
         mixed = last + HISTORY_VECTOR_WEIGHT * history

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from llmserver.knowledge.embeddings import BundledEmbedder, EmbeddingCache, EndpointEmbedder
+from llmserver.knowledge.embeddings import BundledEmbedder, EmbeddingCache, EndpointEmbedder, QueryBatcher
 from llmserver.knowledge.query import conversation_query, single_query
 from llmserver.knowledge.retriever import RetrievalResult, Retriever
 from tests.fake_embeddings import FakeEmbeddings
@@ -218,3 +218,36 @@ async def test_an_endpoint_that_miscounts_leaves_retrieval_lexical_and_says_why(
             assert not retriever.semantic_ready and "different number of vectors" in caplog.text
             result = await retriever.retrieve(single_query("How much is a double room with breakfast?"))
     assert not result.semantic and result.injected[0].doc_id == "double"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_queries_arriving_together_are_embedded_in_one_model_call_and_recent_ones_are_remembered():
+    embedder = BundledEmbedder()
+    questions = [f"Question {n}: is breakfast included with the double room?" for n in range(12)]
+    alone = embedder.embed(questions)
+    calls = embedder.queries.model_calls
+    vectors = await asyncio.gather(*(embedder.embed_query(q) for q in [*questions, questions[0]]))
+    assert embedder.queries.model_calls == calls + 1  # twelve questions (one asked twice), one batch
+    for vector, expected in zip(vectors, [*alone, alone[0]], strict=True):
+        np.testing.assert_allclose(vector, expected, atol=1e-5)  # a batch gives each text its own vector
+    assert await embedder.embed_query(questions[5]) is vectors[5]  # remembered: no model call
+    assert embedder.queries.model_calls == calls + 1
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_query_memory_is_bounded_and_a_failing_model_fails_every_waiter_softly():
+    model = BundledEmbedder()
+    batcher = QueryBatcher(model.embed, cache_size=2)
+    for text in ("one", "two", "three"):
+        await batcher.embed(text)
+    await batcher.embed("one")  # the least recently used went out
+    assert batcher.model_calls == 4
+
+    def broken(texts):
+        raise RuntimeError("weights damaged")
+
+    model.queries = QueryBatcher(broken)
+    assert await asyncio.gather(model.embed_query("a"), model.embed_query("b")) == [None, None]  # lexical for them
+    retriever = ready(HOTEL, model)
+    result = await retriever.retrieve(single_query("How much is a double room per night?"))
+    assert result.semantic is False and injected(result)  # lexical retrieval still answers
