@@ -105,11 +105,7 @@ class RedisClipStore:
 
     def stored_version(self) -> int | None:
         """The store's version (None: it holds nothing)."""
-        try:
-            version = self.state.sync.get(self.version_key)
-        except REDIS_ERRORS:
-            raise self.state.unavailable() from None
-        return None if version is None else int(version)
+        return self.state.stored_version(self.version_key)
 
     def import_clips(self, clips: dict[str, tuple[bytes, str]], active: str | None) -> LibraryState | None:
         """Fills an empty store with `clips`; returns the store's library (another process's, if it was first)."""

@@ -102,11 +102,7 @@ class RedisKnowledgeStorage:
 
     def stored_version(self) -> int | None:
         """The store's version (None: it holds nothing)."""
-        try:
-            version = self.state.sync.get(self.version_key)
-        except REDIS_ERRORS:
-            raise self.state.unavailable() from None
-        return None if version is None else int(version)
+        return self.state.stored_version(self.version_key)
 
     def import_if_empty(self, documents: list[dict[str, Any]], version: int) -> bool:
         """Fills an empty store (the first start of a deployment, or a Redis that lost its data) with `documents`."""

@@ -79,6 +79,14 @@ class SharedState:
     def event(self, kind: str, **fields: Any) -> str:
         return json.dumps({"kind": kind, "origin": self.instance, **fields}, ensure_ascii=False)
 
+    def stored_version(self, key: str) -> int | None:
+        """A version number kept at `key` (None: the store holds nothing yet)."""
+        try:
+            version = self.sync.get(key)
+        except REDIS_ERRORS:
+            raise self.unavailable() from None
+        return None if version is None else int(version)
+
     def unavailable(self) -> SharedStoreUnavailable:
         """Marks Redis as unreachable and returns the error to refuse a change with."""
         self.available = False

@@ -10,7 +10,7 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.client import RawClient, json_of, post, stream
+from tests.client import RawClient, eventually, json_of, post, stream
 from tests.handlers.admin_client import bearer
 
 CHAT = {"messages": [{"role": "user", "content": "Hello there"}]}
@@ -55,13 +55,6 @@ async def test_past_max_streams_a_request_gets_an_immediate_503_with_retry_after
     assert (await stream(base_url, "/chat/completions", CHAT)).events[-1] == "[DONE]"  # room again
 
 
-async def until(condition, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.005)
-
-
 @pytest.mark.settings(max_streams=2)
 @pytest.mark.gen_test(timeout=30)
 async def test_requests_whose_bodies_are_still_arriving_hold_their_place_under_max_streams(
@@ -72,20 +65,20 @@ async def test_requests_whose_bodies_are_still_arriving_hold_their_place_under_m
     arriving = [RawClient(base_url) for _ in range(2)]
     for client in arriving:
         await client.send("/chat/completions", {**CHAT, "stream": True}, withhold=5)
-    await until(lambda: services.request_log.in_flight == 2)
+    await eventually(lambda: services.request_log.in_flight == 2)
     refused = await post(base_url, "/chat/completions", {**CHAT, "stream": True})
     assert refused.code == 503 and json_of(refused)["error"]["code"] == "overloaded"
     for client in arriving:
         await client.send_rest()
         assert b"data: [DONE]" in await client.read_until(b"data: [DONE]")
         client.close()
-    await until(lambda: services.request_log.in_flight == 0)
+    await eventually(lambda: services.request_log.in_flight == 0)
 
     leaving = RawClient(base_url)  # a client that goes away before its body is in gives its place back
     await leaving.send("/chat/completions", {**CHAT, "stream": True}, withhold=5)
-    await until(lambda: services.request_log.in_flight == 1)
+    await eventually(lambda: services.request_log.in_flight == 1)
     leaving.close()
-    await until(lambda: services.request_log.in_flight == 0)
+    await eventually(lambda: services.request_log.in_flight == 0)
     assert services.request_log.recent()[-1]["outcome"] == "cancelled"
     assert (await stream(base_url, "/chat/completions", CHAT)).events[-1] == "[DONE]"
 

@@ -21,7 +21,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from tests.client import RawClient, json_of, post, stream
+from tests.client import RawClient, eventually, json_of, post, stream
 from tests.conftest import ROOT
 from tests.fake_upstream import ScriptedTurn
 from tests.handlers.admin_client import bearer
@@ -370,13 +370,6 @@ def mcp_server(port: int = 0) -> Iterator[int]:
         process.stdout.close()
 
 
-async def until(condition, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.gen_test(timeout=90)
 async def test_mcp_tools_over_http_and_a_server_down_at_start_that_comes_back(
     settings, http_server, base_url, fake_upstream, services
@@ -392,7 +385,7 @@ async def test_mcp_tools_over_http_and_a_server_down_at_start_that_comes_back(
     assert not weather["reachable"] and "get_weather" not in {t["name"] for t in state["tools"]}
     with mcp_server(port):
         await admin.fetch("POST", "/admin/api/tools/reload")
-        await until(lambda: "get_weather" in services.tools.all_tools())
+        await eventually(lambda: "get_weather" in services.tools.all_tools(), timeout=20)
         fake_upstream.script = [ScriptedTurn("", [("get_weather", {"city": "Paris"})]), ScriptedTurn("Cloudy.")]
         result = await stream(base_url, "/chat/completions", {"messages": [USER]})
         assert result.text == "Cloudy. "
@@ -402,7 +395,9 @@ async def test_mcp_tools_over_http_and_a_server_down_at_start_that_comes_back(
             (await admin.fetch("POST", "/admin/api/tools/broken/call", {"arguments": {"reason": "x"}})).body
         )
         assert not tried["ok"] and "error" in tried["result"]
-    await until(lambda: "get_weather" not in services.tools.all_tools())  # gone with its server, noticed by itself
+    await eventually(
+        lambda: "get_weather" not in services.tools.all_tools(), timeout=20
+    )  # gone with its server, noticed by itself
 
 
 @pytest.mark.gen_test(timeout=90)
@@ -411,7 +406,7 @@ async def test_mcp_tools_over_stdio(settings, http_server, base_url, fake_upstre
     command = {"name": "local", "command": sys.executable, "args": ["-m", "tests.mcp_server", "--stdio"]}
     Path(settings.tools_path).write_text(json.dumps({"mcp_servers": [{**command, "env": {"PYTHONPATH": ROOT}}]}))
     await services.reload_tools()
-    await until(lambda: "slow_echo" in services.tools.all_tools())
+    await eventually(lambda: "slow_echo" in services.tools.all_tools(), timeout=20)
     tried = await bearer(base_url, services.admin_token).fetch(
         "POST", "/admin/api/tools/slow_echo/call", {"arguments": {"text": "hi", "seconds": 0}}
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -71,17 +69,3 @@ def instances(shared_settings, io_loop, tmp_path):
     yield started
     for instance in started:
         io_loop.run_sync(lambda instance=instance: stop_instance(instance))
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, what: str = "") -> float:
-    """Waits until `check()` holds (polling); returns the seconds it took. Fails after `timeout`."""
-    start = time.monotonic()
-    while True:
-        outcome = check()
-        if asyncio.iscoroutine(outcome):
-            outcome = await outcome
-        if outcome:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)

@@ -15,10 +15,10 @@ from llmserver.services import StartupError, build_services
 from llmserver.shared.redis_state import SharedState, Shipper
 from llmserver.tools.memory import Exchange
 from tests.audio_files import encode, tone
-from tests.client import stream
+from tests.client import eventually, stream
 from tests.handlers.admin_client import bearer, multipart
 from tests.redis_server import free_port
-from tests.shared.conftest import eventually, start_instance, stop_instance
+from tests.shared.conftest import start_instance, stop_instance
 
 QUESTION = "What is the zebra code for the back gate?"
 

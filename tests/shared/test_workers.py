@@ -15,10 +15,9 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from bench.load import run_load
-from tests.client import stream
+from tests.client import eventually, stream
 from tests.handlers.admin_client import bearer
 from tests.redis_server import free_port
-from tests.shared.conftest import eventually
 from tests.test_server_process import ROOT, open_stream, run_until_exit
 
 TOKEN = "workers-test-token"
