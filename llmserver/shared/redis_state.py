@@ -126,7 +126,7 @@ class SharedState:
                         next_resync = time.monotonic() + RESYNC_SECONDS
             except asyncio.CancelledError:
                 raise
-            except REDIS_ERRORS as exc:
+            except (*REDIS_ERRORS, SharedStoreUnavailable) as exc:  # the latter: a re-read that found Redis gone
                 if self.closing:
                     return
                 if self.available:
@@ -144,7 +144,7 @@ class SharedState:
         for handler in self._resyncs:
             try:
                 await handler()
-            except REDIS_ERRORS:
+            except (*REDIS_ERRORS, SharedStoreUnavailable):
                 raise  # to the listener, which tries again later
             except Exception:
                 logger.exception("shared store: re-reading the shared state failed")
@@ -161,8 +161,8 @@ class SharedState:
             return
         try:
             await handler(event)
-        except REDIS_ERRORS:
-            raise
+        except (*REDIS_ERRORS, SharedStoreUnavailable):
+            raise  # the listener reconnects, then re-reads what this event said
         except Exception:
             logger.exception("shared store: applying a %s change failed", event.get("kind"))
 

@@ -309,3 +309,24 @@ async def test_what_cannot_be_shipped_waits_within_its_bound_and_the_rest_is_cou
     finally:
         task.cancel()
         await state.aclose()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_re_read_that_finds_redis_gone_is_an_outage_to_wait_out_not_an_error(redis_server):
+    """Redis going away between the subscription and the re-read: the listener must treat it as the outage it is
+    (reconnect, re-read again), not log an error and carry on as if it had caught up."""
+    state = SharedState(redis_server.url, "t:", "x")
+    attempts = []
+
+    async def resync() -> None:
+        attempts.append(state.available)
+        if len(attempts) == 1:
+            raise state.unavailable()  # what a store's read raises when Redis is unreachable
+
+    state.on("knowledge", lambda event: asyncio.sleep(0), resync)
+    state.start()
+    try:
+        await asyncio.wait_for(state.listening.wait(), 10)
+        assert len(attempts) == 2 and state.available  # re-read again once reconnected; no error logged
+    finally:
+        await state.aclose()
