@@ -6,12 +6,13 @@ and check cookies alike). ADMIN_TOKEN and COOKIE_SECRET, when set, win.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
 from dataclasses import dataclass
 
-from .files import write_atomically
+from .files import stage_file, sync_folder
 
 
 @dataclass(frozen=True)
@@ -25,20 +26,34 @@ def generate() -> AdminSecrets:
 
 
 def load_or_create(path: str) -> AdminSecrets:
-    """The secrets in `path`, made (mode 600) if the file does not exist or cannot be read as ours."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-        return AdminSecrets(str(data["admin_token"]), str(data["cookie_secret"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    """The secrets in `path`, made (mode 600) if the file does not exist or cannot be read as ours. Processes
+    starting together (workers sharing a data directory) all end up with the one file's secrets: a new file is
+    put in place whole and only if there is none, and a process that loses that race reads the winner's."""
+    for _ in range(5):
+        try:
+            return _read(path)
+        except FileNotFoundError:
+            damaged = False
+        except (OSError, ValueError, KeyError, TypeError):
+            damaged = True  # not ours to read: replaced
         made = generate()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path):
-            os.chmod(path, 0o600)
-        else:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
-            os.close(descriptor)
-        write_atomically(
-            path, json.dumps({"admin_token": made.admin_token, "cookie_secret": made.cookie_secret}).encode()
-        )
+        content = json.dumps({"admin_token": made.admin_token, "cookie_secret": made.cookie_secret}).encode()
+        staged = stage_file(path, content, mode=0o600)  # never readable by others, not even for a moment
+        try:
+            if damaged:
+                staged.commit()
+            else:
+                staged.commit_new()
+        except FileExistsError:
+            continue  # another process made it meanwhile: read theirs
+        finally:
+            staged.discard()
+        sync_folder(os.path.dirname(os.path.abspath(path)))
         return made
+    raise OSError(errno.EAGAIN, "the secrets file keeps changing under this process")
+
+
+def _read(path: str) -> AdminSecrets:
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    return AdminSecrets(str(data["admin_token"]), str(data["cookie_secret"]))

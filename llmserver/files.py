@@ -29,20 +29,26 @@ class StagedFile:
     def commit(self) -> None:
         os.replace(self.temporary, self.path)
 
+    def commit_new(self) -> None:
+        """Puts the file in place only if there is none (FileExistsError otherwise), whole or not at all; the
+        temporary name stays until discard()."""
+        os.link(self.temporary, self.path)
+
     def discard(self) -> None:
         if os.path.exists(self.temporary):
             os.unlink(self.temporary)
 
 
-def stage_file(path: str, data: bytes) -> StagedFile:
-    """Writes `data` to a temporary file in `path`'s folder and syncs it; commit() renames it into place."""
+def stage_file(path: str, data: bytes, mode: int | None = None) -> StagedFile:
+    """Writes `data` to a temporary file in `path`'s folder and syncs it; commit() renames it into place. Its
+    permissions: `mode`, else the present file's."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=folder)
     staged = StagedFile(temporary, path)
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), _mode_for(path))  # mkstemp makes 0600
+            os.fchmod(handle.fileno(), _mode_for(path) if mode is None else mode)  # mkstemp makes 0600
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -1,0 +1,47 @@
+"""The admin secrets file: made once, mode 600, and the same for processes that start together."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+from llmserver.admin_secrets import load_or_create
+
+STARTING_TOGETHER = 8
+
+
+def _start(path: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        kept = load_or_create(path)
+        results.put((kept.admin_token, kept.cookie_secret))
+    except Exception as exc:  # what a worker's start-up would have died of
+        results.put(repr(exc))
+
+
+def test_workers_starting_together_share_one_secrets_file(tmp_path):
+    path = str(tmp_path / "data" / "secrets.json")
+    os.makedirs(os.path.dirname(path))
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(STARTING_TOGETHER), context.Queue()
+    processes = [context.Process(target=_start, args=(path, barrier, results)) for _ in range(STARTING_TOGETHER)]
+    for process in processes:
+        process.start()
+    found = [results.get(timeout=30) for _ in processes]
+    for process in processes:
+        process.join(30)
+    assert all(isinstance(item, tuple) for item in found), found  # no process failed to start
+    assert len(set(found)) == 1  # one token and one cookie secret for all
+    kept = load_or_create(path)
+    assert (kept.admin_token, kept.cookie_secret) == found[0]
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(os.path.dirname(path)) == ["secrets.json"]  # no temporary file left
+
+
+def test_a_damaged_secrets_file_is_replaced_and_stays_private(tmp_path):
+    path = tmp_path / "secrets.json"
+    path.write_text("{not json")
+    os.chmod(path, 0o644)
+    made = load_or_create(str(path))
+    assert load_or_create(str(path)) == made
+    assert path.stat().st_mode & 0o777 == 0o600
