@@ -46,6 +46,8 @@ def load_or_create(path: str) -> AdminSecrets:
                 staged.commit_new()
         except FileExistsError:
             continue  # another process made it meanwhile: read theirs
+        except FileNotFoundError:
+            continue  # a process starting beside this one cleared the folder's temporary files: again
         finally:
             staged.discard()
         sync_folder(os.path.dirname(os.path.abspath(path)))
