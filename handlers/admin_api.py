@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import tornado.httputil
 import tornado.ioloop
 
+from llmserver.history import PAGE_LIMIT
 from llmserver.knowledge.query import RetrievalQuery, conversation_query, single_query
 from llmserver.protocol.errors import ApiError
 from llmserver.protocol.json_body import parse_json
@@ -293,7 +294,8 @@ class HistoryHandler(AdminApiHandler):
             until=number("until"),
             text=self.get_query_argument("q", "") or None,
         )
-        self.write_json({"records": page, "before": page[-1]["started_at"] if page else None})
+        more = len(page) == min(max(int(limit), 1), PAGE_LIMIT)  # a full page: there may be older ones
+        self.write_json({"records": page, "before": page[-1]["started_at"] if page and more else None})
 
 
 class HistoryRecordHandler(AdminApiHandler):

@@ -91,7 +91,8 @@ class RequestHistory:
 
     def _write_loop(self) -> None:
         connection = self._connect()
-        written = 0
+        stored = self._count(connection)  # kept in step with the writes, so the cap costs no count per batch
+        next_age_trim = 0.0
         stop = False
         while not stop:
             if not self._queue:
@@ -100,30 +101,33 @@ class RequestHistory:
             items = []
             while self._queue and len(items) < BATCH:
                 items.append(self._queue.popleft())
-            if not items:
-                continue
             batch = [item for item in items if isinstance(item, dict)]
             if batch:
                 try:
-                    self._write(connection, batch)
-                    written += len(batch)
-                    if written >= 1000:
-                        self._trim(connection)
-                        written = 0
+                    stored += self._write(connection, batch)
                 except Exception as exc:  # a full disk, a locked file, a record that cannot be stored: never fatal
                     with contextlib.suppress(sqlite3.Error):
                         connection.execute("ROLLBACK")
                     self.dropped += len(batch)
                     logger.warning("request history: %d record(s) not written (%r)", len(batch), exc)
+            # The limits hold at any time, not now and then: past HISTORY_RECORDS after each write, past
+            # HISTORY_DAYS after each write too (a record may arrive old) and every minute on a quiet server.
+            if batch or time.monotonic() >= next_age_trim:
+                stored = self._trim(connection, stored)
+                next_age_trim = time.monotonic() + 60
             for item in items:
                 if isinstance(item, threading.Event):
                     item.set()  # a flush() waiting for what came before it
             stop = any(item is None for item in items)
-        self._trim(connection)
         connection.close()
 
     @staticmethod
-    def _write(connection: sqlite3.Connection, batch: list[dict[str, Any]]) -> None:
+    def _count(connection: sqlite3.Connection) -> int:
+        return connection.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+    @staticmethod
+    def _write(connection: sqlite3.Connection, batch: list[dict[str, Any]]) -> int:
+        """Stores the batch; returns how many records were added (a record already stored is not added again)."""
         # The whole batch goes to SQLite as one JSON array, inserted by one statement: executemany would release
         # and retake the GIL once per row, and every retake makes the event loop (and its streams) wait.
         # ASCII JSON: whatever a record holds (even text that is not valid Unicode) is stored and read back.
@@ -134,23 +138,28 @@ class RequestHistory:
             ]
         )
         connection.execute("BEGIN")
-        connection.execute(
+        added = connection.execute(
             "INSERT OR IGNORE INTO requests SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 "
             "FROM json_each(?)",
             [rows],
-        )
+        ).rowcount
         connection.execute("COMMIT")
+        return added
 
-    def _trim(self, connection: sqlite3.Connection) -> None:
+    def _trim(self, connection: sqlite3.Connection, stored: int) -> int:
+        """Removes records past the age limit and the oldest past the count limit; returns how many are left."""
         try:
-            connection.execute("DELETE FROM requests WHERE started_at < ?", [time.time() - self.max_days * 86400])
-            connection.execute(
-                "DELETE FROM requests WHERE key IN "
-                "(SELECT key FROM requests ORDER BY started_at DESC LIMIT -1 OFFSET ?)",
-                [self.max_records],
-            )
+            cutoff = time.time() - self.max_days * 86400
+            stored -= connection.execute("DELETE FROM requests WHERE started_at < ?", [cutoff]).rowcount
+            if stored > self.max_records:
+                stored -= connection.execute(
+                    "DELETE FROM requests WHERE key IN "
+                    "(SELECT key FROM requests ORDER BY started_at DESC LIMIT -1 OFFSET ?)",
+                    [self.max_records],
+                ).rowcount
         except sqlite3.Error as exc:
             logger.warning("request history: could not trim (%s)", exc)
+        return stored
 
     def flush(self, timeout: float = 5.0) -> None:
         """Waits until what was queued so far is written (a blocking call: reads, tests, the end of the process)."""

@@ -161,6 +161,20 @@ async def test_the_history_pages_filters_and_opens_one_request(http_server, base
     assert record["reply"].startswith("word0") and record["first_chunk_ms"] > 0 and record["total_ms"] > 0
 
 
+@pytest.mark.settings(history_records=5, history_days=1.0)
+@pytest.mark.gen_test
+async def test_the_history_holds_at_most_its_records_and_days_at_any_time(http_server, base_url, services):
+    await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "the first"}]})
+    first = (await history_of(base_url, services.admin_token))["records"][0]
+    old = {**services.history.get(first["key"]), "key": "from-two-days-ago", "started_at": time.time() - 2 * 86400}
+    services.history.add(old)
+    for n in range(9):
+        await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": f"turn {n}"}]})
+    page = await history_of(base_url, services.admin_token, "?limit=50")
+    assert [r["last_user_message"] for r in page["records"]] == [f"turn {n}" for n in (8, 7, 6, 5, 4)]
+    assert page["before"] is None  # fewer than asked for: there is no older page
+
+
 @pytest.mark.gen_test
 async def test_history_requests_that_cannot_be_answered_get_the_error_shape(http_server, base_url, services):
     admin = bearer(base_url, services.admin_token)
