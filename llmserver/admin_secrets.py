@@ -25,6 +25,20 @@ def generate() -> AdminSecrets:
     return AdminSecrets(secrets.token_urlsafe(24), secrets.token_urlsafe(32))
 
 
+def keep(path: str, kept: AdminSecrets) -> None:
+    """Replaces the file's secrets with `kept` (the ones a deployment shares), mode 600."""
+    staged = stage_file(path, _encoded(kept), mode=0o600)
+    try:
+        staged.commit()
+    finally:
+        staged.discard()
+    sync_folder(os.path.dirname(os.path.abspath(path)))
+
+
+def _encoded(kept: AdminSecrets) -> bytes:
+    return json.dumps({"admin_token": kept.admin_token, "cookie_secret": kept.cookie_secret}).encode()
+
+
 def load_or_create(path: str) -> AdminSecrets:
     """The secrets in `path`, made (mode 600) if the file does not exist or cannot be read as ours. Processes
     starting together (workers sharing a data directory) all end up with the one file's secrets: a new file is
@@ -37,8 +51,7 @@ def load_or_create(path: str) -> AdminSecrets:
         except (OSError, ValueError, KeyError, TypeError):
             damaged = True  # not ours to read: replaced
         made = generate()
-        content = json.dumps({"admin_token": made.admin_token, "cookie_secret": made.cookie_secret}).encode()
-        staged = stage_file(path, content, mode=0o600)  # never readable by others, not even for a moment
+        staged = stage_file(path, _encoded(made), mode=0o600)  # never readable by others, not even for a moment
         try:
             if damaged:
                 staged.commit()

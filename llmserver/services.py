@@ -14,6 +14,7 @@ import urllib.parse
 from dataclasses import dataclass, field, replace
 
 from .admin_secrets import AdminSecrets, load_or_create
+from .admin_secrets import keep as keep_secrets
 from .audio.codec import AudioError
 from .audio.library import AudioLibrary
 from .history import RequestHistory
@@ -215,15 +216,17 @@ def build_tools(settings: Settings, retriever: Retriever) -> ToolRegistry:
 def admin_secrets(settings: Settings, shared: SharedDeployment | None = None) -> AdminSecrets:
     """ADMIN_TOKEN and COOKIE_SECRET when set; else the ones kept in the data directory (made at the first start),
     or with Redis the ones all processes share."""
+    path = os.path.join(settings.data_dir, "secrets.json")
     try:
-        kept = load_or_create(os.path.join(settings.data_dir, "secrets.json"))
+        kept = load_or_create(path)
+        if shared is not None:
+            mine, kept = kept, shared.admin_secrets(kept)
+            if kept != mine:
+                keep_secrets(path, kept)  # this data directory then carries the deployment's sign-in
     except OSError as exc:
         raise StartupError(f"cannot keep the admin secrets in {settings.data_dir}: {exc.strerror}") from None
-    if shared is not None:
-        try:
-            kept = shared.admin_secrets(kept)
-        except REDIS_ERRORS as exc:
-            raise StartupError(f"cannot read the admin secrets from Redis: {exc}") from None
+    except REDIS_ERRORS as exc:
+        raise StartupError(f"cannot read the admin secrets from Redis: {exc}") from None
     return AdminSecrets(settings.admin_token or kept.admin_token, settings.cookie_secret or kept.cookie_secret)
 
 

@@ -45,11 +45,21 @@ class SharedDeployment:
         return self.log.dropped if self.log is not None else 0
 
     def admin_secrets(self, mine: AdminSecrets) -> AdminSecrets:
-        """One admin token and cookie secret for every process: the first process's, kept in Redis."""
+        """One admin token and cookie secret for every process: the first process's, kept in Redis (and put back
+        by every process if Redis loses them, so that a process starting later still signs in alike)."""
         key = self.state.key("admin:secrets")
         mine_json = json.dumps({"admin_token": mine.admin_token, "cookie_secret": mine.cookie_secret})
         self.state.sync.set(key, mine_json, nx=True)
-        kept = json.loads(self.state.sync.get(key))
+        kept_json = self.state.sync.get(key)
+        kept = json.loads(kept_json)
+
+        async def ignore(_: dict[str, Any]) -> None:
+            return None
+
+        async def restore() -> None:
+            await self.state.aio.set(key, kept_json, nx=True)  # one command; nothing when they are there
+
+        self.state.on("admin_secrets", ignore, restore)
         return AdminSecrets(str(kept["admin_token"]), str(kept["cookie_secret"]))
 
     def knowledge_storage(self, max_document_chars: int) -> RedisKnowledgeStorage:

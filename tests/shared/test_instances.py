@@ -232,6 +232,16 @@ async def test_a_redis_that_lost_its_data_is_refilled_from_the_instances(tmp_pat
         assert b"kept" in documents
         assert (await admin_a.fetch("POST", "/admin/api/knowledge", {"id": "later", "content": "Later."})).code == 201
         await eventually(lambda: "later" in {d["id"] for d in b.services.knowledge_base.documents()})
+        # The sign-in too: an instance starting now (with a data directory of its own) signs in as the others do,
+        # and each data directory keeps the deployment's secrets.
+        await eventually(lambda: forgetful.client().exists("llm:admin:secrets"), timeout=30, what="secrets back")
+        c = build_services(dataclasses.replace(base, data_dir=str(tmp_path / "c")), instance="c")
+        try:
+            assert c.admin_token == a.services.admin_token == b.services.admin_token
+        finally:
+            await c.aclose()
+        kept = json.loads((tmp_path / "b" / "secrets.json").read_text())
+        assert kept["admin_token"] == a.services.admin_token
     finally:
         await stop_instance(a)
         await stop_instance(b)
