@@ -161,10 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.workers > 1:
         if not settings.redis_url:
             print(
-                f"error: --workers {settings.workers} needs REDIS_URL (or --redis-url): the workers share the "
-                "knowledge base, the audio clips, the conversation memory, the live log and the admin sign-in "
-                "through Redis. Start one (for example `redis-server`) and set REDIS_URL=redis://localhost:6379/0, "
-                "or run one worker.",
+                f"error: {settings.workers} workers (--workers or WORKERS) need REDIS_URL (or --redis-url): they "
+                "share the knowledge base, the audio clips, the conversation memory, the live log and the admin "
+                "sign-in through Redis. Start one (for example `redis-server`) and set "
+                "REDIS_URL=redis://localhost:6379/0, or run one worker.",
                 file=sys.stderr,
             )
             return STARTUP_FAILED

@@ -238,8 +238,8 @@ def connect_shared_state(settings: Settings, instance: str) -> SharedDeployment 
         shared.connect()
     except ConnectionError as exc:
         raise StartupError(
-            f"cannot reach Redis at REDIS_URL ({redacted_url(settings.redis_url)}): {exc}. Start Redis, correct "
-            "REDIS_URL, or unset it to run one process on its own."
+            f"cannot reach Redis at REDIS_URL ({redacted_url(settings.redis_url)}): {str(exc).rstrip('.')}. "
+            "Start Redis, correct REDIS_URL, or unset it to run one process on its own."
         ) from None
     return shared
 
