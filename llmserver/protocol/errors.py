@@ -26,11 +26,20 @@ class ServiceError(ValueError):
     """A service's refusal (bad input, a missing item, a conflict): a message for the user, the field it concerns,
     the HTTP status that says it, and a machine-readable code. Services raise it; handlers show it as an ApiError."""
 
-    def __init__(self, message: str, *, field: str | None = None, status: int = 400, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        status: int = 400,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.status = status
         self.code = code
+        self.retry_after = retry_after  # seconds, for a refusal that passes (a 503)
 
 
 class ApiError(Exception):
@@ -56,7 +65,8 @@ class ApiError(Exception):
 
     @classmethod
     def from_service(cls, error: ServiceError) -> ApiError:
-        return cls(error.status, str(error), param=error.field, code=error.code)
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+        return cls(error.status, str(error), param=error.field, code=error.code, headers=headers)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)

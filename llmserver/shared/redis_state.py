@@ -40,6 +40,7 @@ class SharedStoreUnavailable(ServiceError):
             "The shared store (Redis) cannot be reached, so nothing was changed; try again shortly.",
             status=503,
             code="shared_store_unavailable",
+            retry_after=5,  # the listener tries to reconnect within that
         )
 
 

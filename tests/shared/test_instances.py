@@ -190,6 +190,7 @@ async def test_redis_lost_mid_run_completions_go_on_edits_are_refused_then_every
     refused = await admin_a.fetch("POST", "/admin/api/knowledge", {"id": "during", "content": "Added while down."})
     assert refused.code == 503, refused.body
     assert json.loads(refused.body)["error"]["code"] == "shared_store_unavailable"
+    assert refused.headers["Retry-After"] == "5"  # clients and load balancers know when to try again
     assert "during" not in {d["id"] for d in a.services.knowledge_base.documents()}  # nothing half-done
     await eventually(lambda: not a.services.shared.available, what="a notices")
     readiness = await AsyncHTTPClient().fetch(a.base_url + "/readyz", raise_error=False)
