@@ -30,9 +30,7 @@ class HealthHandler(ApiHandler):
     def get(self) -> None:
         self.write_json({"status": "ok", "upstream": self.services.upstream.mode})
 
-    def head(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.finish()
+    head = get  # Tornado sends GET's headers, Content-Length included, and no body
 
 
 class ReadyHandler(ApiHandler):
@@ -49,10 +47,7 @@ class ReadyHandler(ApiHandler):
         ready, checks = self._checks()
         self.write_json({"status": "ready" if ready else "not ready", "checks": checks}, status=self.get_status())
 
-    def head(self) -> None:
-        self._checks()
-        self.set_header("Content-Type", "application/json")
-        self.finish()
+    head = get
 
 
 class MetricsHandler(ApiHandler):

@@ -109,7 +109,10 @@ async def test_liveness_and_readiness_answer_get_and_head(http_server, base_url,
     client = AsyncHTTPClient()
     for path in ("/healthz", "/readyz"):
         head = await client.fetch(base_url + path, method="HEAD")
+        get = await client.fetch(base_url + path)
         assert head.code == 200 and head.body == b""
+        for name in ("Content-Type", "Content-Length"):  # HEAD: GET's headers without the body
+            assert head.headers[name] == get.headers[name], name
     ready = json.loads((await client.fetch(base_url + "/readyz")).body)
     assert ready == {"status": "ready", "checks": {"knowledge_base": True, "embedding_model": True}}
 
