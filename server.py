@@ -25,7 +25,7 @@ from handlers import default_handlers
 from handlers.auth import apply_forwarded_headers
 from handlers.base import NotFoundHandler, StaticFiles
 from llmserver.audio.library import NAME_PATTERN
-from llmserver.services import Services, StartupError, build_services
+from llmserver.services import Services, StartupError, build_services, check_shared_state
 from llmserver.settings import Settings, load_settings
 from llmserver.workers import STARTUP_FAILED, run_workers
 
@@ -167,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "REDIS_URL=redis://localhost:6379/0, or run one worker.",
                 file=sys.stderr,
             )
+            return STARTUP_FAILED
+        try:
+            check_shared_state(settings)  # once, here, rather than once per worker
+        except StartupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return STARTUP_FAILED
         return run_workers(settings, run_worker)
     try:

@@ -230,6 +230,13 @@ def admin_secrets(settings: Settings, shared: SharedDeployment | None = None) ->
     return AdminSecrets(settings.admin_token or kept.admin_token, settings.cookie_secret or kept.cookie_secret)
 
 
+def check_shared_state(settings: Settings) -> None:
+    """Raises StartupError, saying why, when REDIS_URL is set and Redis cannot be reached."""
+    shared = connect_shared_state(settings, "check")
+    if shared is not None:
+        shared.close()
+
+
 def connect_shared_state(settings: Settings, instance: str) -> SharedDeployment | None:
     if not settings.redis_url:
         return None

@@ -119,5 +119,9 @@ class SharedDeployment:
             return False
         return True
 
+    def close(self) -> None:
+        """Closes a deployment that was only checked, never started."""
+        self.state.sync.close()
+
     async def aclose(self) -> None:
         await self.state.aclose()

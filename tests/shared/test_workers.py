@@ -159,6 +159,7 @@ async def test_workers_whose_redis_is_unreachable_refuse_to_start(tmp_path, io_l
     message = stderr.decode()
     assert returncode == 2 and b"listening" not in stdout
     assert "cannot reach Redis" in message and "Traceback" not in message
+    assert message.count("cannot reach Redis") == 1  # said once, before any worker starts
 
 
 @pytest.mark.gen_test(timeout=120)
