@@ -332,6 +332,19 @@ def _environment_value(environ: Mapping[str, str], names: Sequence[str]) -> tupl
     return None
 
 
+def _help(table_field: dataclasses.Field, names: Sequence[str]) -> str:
+    """The setting's help, with its environment variables and its default (none shown for a secret or nothing)."""
+    notes = [f"env {'/'.join(names)}"] if names else []
+    default = table_field.default
+    empty = default is None or default is dataclasses.MISSING or (isinstance(default, str | tuple) and not default)
+    if not empty and not table_field.metadata.get("secret"):
+        separator = "|" if "'|'" in table_field.metadata["help"] else ","
+        shown = separator.join(map(str, default)) if isinstance(default, tuple) else str(default)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."  # long texts: their start (the README has them)
+        notes.append(f"default {shown.replace('%', '%%')}")
+    return f"{table_field.metadata['help']} ({'; '.join(notes)})" if notes else table_field.metadata["help"]
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="server.py",
@@ -348,7 +361,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             dest=table_field.name,
             type=table_field.metadata["parse"],
             default=found[1] if found else None,  # argparse checks a text default with `type`, as a flag
-            help=f"{table_field.metadata['help']} (env {'/'.join(names)})" if names else table_field.metadata["help"],
+            help=_help(table_field, names),
         )
     return parser
 

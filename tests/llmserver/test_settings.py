@@ -87,3 +87,12 @@ def test_the_readme_lists_every_setting():
         flag = _flag(setting)
         if flag:
             assert f"`{flag}`" in table, f"{flag} is missing from the README's settings table"
+
+
+def test_help_names_each_settings_environment_variable_and_default(capsys):
+    with pytest.raises(SystemExit):
+        load_settings(["--help"], environ={})
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(env PORT; default 8000)" in text
+    assert "(env MAX_STREAMS; default 1000)" in text
+    assert "env REDIS_URL)" in text  # no default to show
