@@ -52,9 +52,12 @@ class CompletionEndpoint(ApiHandler):
             self._end_record()
 
     def prepare(self) -> None:
+        # The request counts as in flight from now, while its body arrives, so that a burst cannot pass the cap all
+        # at once before any of it reaches post(); a refused one still gets its record.
+        self.record = self.request_log.begin(self.request_id, self.endpoint)
         try:
             super().prepare()
-            if self.request_log.in_flight >= self.config.max_streams:
+            if self.request_log.in_flight > self.config.max_streams:  # this request included
                 self.services.metrics.rejected.labels(self.endpoint).inc()
                 raise ApiError(
                     503,
@@ -62,16 +65,10 @@ class CompletionEndpoint(ApiHandler):
                     code="overloaded",
                     headers={"Retry-After": "1"},
                 )
-        except ApiError as error:
-            # Refused before the body is read (a foreign origin, a body too large, the MAX_STREAMS cap): the request
-            # still gets its record.
-            record = self.request_log.begin(self.request_id, self.endpoint)
-            record.fail(error.status, error.message, error.code)
-            self.request_log.finish(record)
+        except ApiError as error:  # a foreign origin, a body too large, the MAX_STREAMS cap
+            self.record.fail(error.status, error.message, error.code)
+            self._end_record()
             raise
-        # Admitted: the request counts as in flight from now, while its body arrives, so that a burst cannot pass
-        # the cap all at once before any of it reaches post().
-        self.record = self.request_log.begin(self.request_id, self.endpoint)
 
     def _end_record(self) -> None:
         if self.record is not None and not self._record_ended:
@@ -79,7 +76,7 @@ class CompletionEndpoint(ApiHandler):
             self.request_log.finish(self.record)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if self.record is not None and not self._posted:  # refused while the body arrived (413: too large)
+        if self.record is not None and not self._posted and not self._record_ended:  # refused while the body arrived
             if status_code == 413:
                 self.record.fail(413, "request body too large", "request_too_large")
             else:
