@@ -258,9 +258,12 @@ class AudioLibrary:
     def refresh(self) -> bool:
         """Catches up with the shared store (or re-fills it from this copy if it lost its data); returns whether
         anything changed here."""
-        if not self._files.shared or self._files.stored_version() == self._state.version:
+        if not self._files.shared:
+            return False
+        stored = self._files.stored_version()
+        if stored == self._state.version:
             return False  # the usual case, every few seconds: one GET
-        state = self._files.load(restore=self._state)
+        state = self._files.load(restore=self._state if stored is None else None)  # None: it lost its data
         with self._lock:
             if state is None or state.version == self._state.version:
                 return False

@@ -154,6 +154,9 @@ class KnowledgeBase:
         yet, and the shared one is what this process then serves."""
         base = cls(path, storage=storage, **limits)
         remove_stale_temporaries(os.path.dirname(os.path.abspath(path)))
+        if base.storage.shared and base.storage.stored_version() is not None:
+            base.refresh()  # a deployment that has its knowledge base already: the file is not read
+            return base
         source = path if os.path.exists(path) else seed
         if source is not None and not os.path.exists(source):
             source = None
@@ -238,10 +241,15 @@ class KnowledgeBase:
     def refresh(self) -> bool:
         """Catches up with the shared store (when it changed, or lost its data and is re-filled from this copy).
         Returns whether anything changed here."""
-        if not self.storage.shared or self.storage.stored_version() == self.version:
+        if not self.storage.shared:
+            return False
+        stored = self.storage.stored_version()
+        if stored == self.version:
             return False  # the usual case, every few seconds: one GET
-        with self._lock:
-            mine = Snapshot(list(self._documents.values()), dict(self._changed_at), self.version)
+        mine = None
+        if stored is None:  # the store lost its data: this copy fills it again
+            with self._lock:
+                mine = Snapshot(list(self._documents.values()), dict(self._changed_at), self.version)
         snapshot = self.storage.load(restore=mine)
         with self._lock:
             if snapshot.version == self.version:
