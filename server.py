@@ -92,10 +92,11 @@ async def drain(services: Services, grace: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def serve(settings: Settings, announce: Callable[[list[str]], None] | None = None) -> None:
+async def serve(settings: Settings, announce: Callable[[list[str]], None] | None = None, worker: int = 0) -> None:
     """Serves until SIGTERM or SIGINT, then drains. `announce` (a worker's) gets the start-up lines instead of
-    stdout, and the port is bound with SO_REUSEPORT beside the other workers'."""
-    services = build_services(settings)
+    stdout, and the port is bound with SO_REUSEPORT beside the other workers'. Workers share one data directory:
+    worker 0 keeps every process's requests in its history, the others their own."""
+    services = build_services(settings, keeps_others_history=worker == 0)
     services.start_background_work()
     if services.shared is not None and not await services.shared.listening():
         await services.aclose()
@@ -145,10 +146,10 @@ async def serve(settings: Settings, announce: Callable[[list[str]], None] | None
     await services.aclose()
 
 
-def run_worker(settings: Settings, announce: Callable[[list[str]], None]) -> int:
-    """One of --workers N: serves until SIGTERM (exit 0), or says why it cannot start (exit 2)."""
+def run_worker(settings: Settings, announce: Callable[[list[str]], None] | None = None, worker: int = 0) -> int:
+    """The server (or one of --workers N): serves until SIGTERM (exit 0), or says why it cannot start (exit 2)."""
     try:
-        asyncio.run(serve(settings, announce))
+        asyncio.run(serve(settings, announce, worker))
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return STARTUP_FAILED
@@ -174,12 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return STARTUP_FAILED
         return run_workers(settings, run_worker)
-    try:
-        asyncio.run(serve(settings))
-    except StartupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return STARTUP_FAILED
-    return 0
+    return run_worker(settings)
 
 
 if __name__ == "__main__":

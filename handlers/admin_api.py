@@ -283,18 +283,18 @@ class HistoryHandler(AdminApiHandler):
             except ValueError:
                 raise ApiError(400, f"'{name}' must be a number (seconds since 1970).", param=name) from None
 
-        limit = number("limit") or 50
+        limit = max(1, min(int(number("limit") or 50), PAGE_LIMIT))
         page = await self.in_worker(
             self.services.history.page,
             before=number("before"),
-            limit=int(limit),
+            limit=limit,
             endpoint=self.get_query_argument("endpoint", "") or None,
             outcome=self.get_query_argument("outcome", "") or None,
             since=number("since"),
             until=number("until"),
             text=self.get_query_argument("q", "") or None,
         )
-        more = len(page) == min(max(int(limit), 1), PAGE_LIMIT)  # a full page: there may be older ones
+        more = len(page) == limit  # a full page: there may be older ones
         self.write_json({"records": page, "before": page[-1]["started_at"] if page and more else None})
 
 

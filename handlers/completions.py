@@ -187,7 +187,7 @@ class RelayedCompletion(CompletionEndpoint):
         turn_ids = self._turn_ids(chat)
         turn_id = turn_ids[last_user] if last_user is not None and last_user < len(turn_ids) else None
 
-        def on_exchange(messages: list[dict[str, Any]], outcomes: list[ToolOutcome], mixed: bool) -> None:
+        def on_exchange(messages: list[dict[str, Any]], outcomes: list[ToolOutcome]) -> None:
             for outcome in outcomes:
                 record.tool_calls.append(
                     ToolCallDetails(

@@ -12,7 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from .files import stage_file, sync_folder
+from .files import stage_file, sync_folder, write_atomically
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,7 @@ def generate() -> AdminSecrets:
 
 def keep(path: str, kept: AdminSecrets) -> None:
     """Replaces the file's secrets with `kept` (the ones a deployment shares), mode 600."""
-    staged = stage_file(path, _encoded(kept), mode=0o600)
-    try:
-        staged.commit()
-    finally:
-        staged.discard()
-    sync_folder(os.path.dirname(os.path.abspath(path)))
+    write_atomically(path, _encoded(kept), mode=0o600)
 
 
 def _encoded(kept: AdminSecrets) -> bytes:

@@ -66,9 +66,10 @@ def _mode_for(path: str) -> int:
         return 0o644
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Temporary file in the same folder, fsync, rename: a crash leaves the old file or the new, never half of one."""
-    staged = stage_file(path, data)
+def write_atomically(path: str, data: bytes, mode: int | None = None) -> None:
+    """Temporary file in the same folder, fsync, rename: a crash leaves the old file or the new, never half of one.
+    Its permissions: `mode`, else the present file's."""
+    staged = stage_file(path, data, mode)
     try:
         staged.commit()
     except BaseException:

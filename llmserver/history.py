@@ -178,8 +178,9 @@ class RequestHistory:
         until: float | None = None,
         text: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Records newest first, older than `before` (a started_at from the previous page), filtered. Blocking (run
-        it in a thread): what is queued is written first, so a request that has just ended is there."""
+        """At most `limit` records (the API bounds it by PAGE_LIMIT), newest first, older than `before` (a started_at
+        from the previous page), filtered. Blocking (run it in a thread): what is queued is written first, so a
+        request that has just ended is there."""
         self.flush()
         conditions, values = [], []
         for column, value in (("endpoint", endpoint), ("outcome", outcome)):
@@ -201,7 +202,7 @@ class RequestHistory:
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         query = f"SELECT record FROM requests {where} ORDER BY started_at DESC LIMIT ?"
         with self._read_lock:
-            rows = self._read.execute(query, [*values, max(1, min(limit, PAGE_LIMIT))]).fetchall()
+            rows = self._read.execute(query, [*values, limit]).fetchall()
         return [summary(json.loads(row[0])) for row in rows]
 
     def get(self, key: str) -> dict[str, Any] | None:

@@ -251,10 +251,7 @@ class RequestLog:
         # What the client chose is kept short and safe, however it got into the record.
         record.model = bounded_value(record.model)
         record.turn_id = bounded_value(record.turn_id)
-        if self.text_mode == "none":
-            record.reply = ""
-        else:
-            record.reply = self.text(record.reply) if self.text_mode == "truncated" else safe_text(record.reply)
+        record.reply = self.text(record.reply)
         self.in_flight -= 1
         if self._on_in_flight is not None:
             self._on_in_flight(self.in_flight)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import socket
 import sqlite3
 import threading
@@ -65,9 +64,9 @@ class Services:
     audio_library: AudioLibrary
     metrics: Metrics
     history: RequestHistory
+    admin_token: str = field(repr=False)
+    cookie_secret: str = field(repr=False)
     shared: SharedDeployment | None = None  # with REDIS_URL: the state shared with the other processes
-    admin_token: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(24))
-    cookie_secret: str = field(repr=False, default_factory=lambda: secrets.token_urlsafe(32))
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     started_at: float = field(default_factory=time.time)
     shutting_down: bool = False  # set on SIGTERM: new requests get 503 while running ones finish
@@ -260,8 +259,10 @@ def redacted_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def build_services(settings: Settings, instance: str | None = None) -> Services:
-    """`instance` names this process in shared logs (default: host:pid)."""
+def build_services(settings: Settings, instance: str | None = None, keeps_others_history: bool = True) -> Services:
+    """`instance` names this process in shared logs (default: host:pid). With Redis, the history keeps the other
+    processes' requests too unless `keeps_others_history` is False (a worker whose data directory, and so history,
+    another worker of its machine keeps for all)."""
     try:
         os.makedirs(settings.data_dir, exist_ok=True)
     except OSError as exc:
@@ -288,7 +289,10 @@ def build_services(settings: Settings, instance: str | None = None) -> Services:
         )
     except sqlite3.Error as exc:
         raise StartupError(f"cannot open the request history in {settings.data_dir}: {exc}") from None
-    request_log.subscribe(history.add)
+    if keeps_others_history:
+        request_log.subscribe(history.add)
+    else:
+        request_log.watch_local(history.add)
     kept = admin_secrets(settings, shared)
     audio_library = open_audio_library(settings, shared)
     memory = ConversationMemory(settings.memory_conversations, settings.memory_messages, settings.memory_seconds)

@@ -39,8 +39,9 @@ RESTART_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
 SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 PR_SET_PDEATHSIG = 1
 
-# run_worker(settings, ready) serves until SIGTERM and returns the exit code; ready(lines) once it is listening.
-WorkerMain = Callable[[Settings, Callable[[list[str]], None]], int]
+# run_worker(settings, ready, number) serves until SIGTERM and returns the exit code; ready(lines) once it is
+# listening. A worker restarted after a death keeps its number.
+WorkerMain = Callable[[Settings, Callable[[list[str]], None], int], int]
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Supervisor:
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
                 stop_with_supervisor(os.getppid())
-                code = self.run_worker(self.settings, lambda lines: announce(write_end, lines))
+                code = self.run_worker(self.settings, lambda lines: announce(write_end, lines), number)
             except BaseException:
                 logger.exception("worker %d failed", number)
             finally:

@@ -53,13 +53,10 @@ class SharedDeployment:
         kept_json = self.state.sync.get(key)
         kept = json.loads(kept_json)
 
-        async def ignore(_: dict[str, Any]) -> None:
-            return None
-
         async def restore() -> None:
             await self.state.aio.set(key, kept_json, nx=True)  # one command; nothing when they are there
 
-        self.state.on("admin_secrets", ignore, restore)
+        self.state.on(None, None, restore)  # nothing is announced about them
         return AdminSecrets(str(kept["admin_token"]), str(kept["cookie_secret"]))
 
     def knowledge_storage(self, max_document_chars: int) -> RedisKnowledgeStorage:

@@ -78,5 +78,5 @@ class SharedRequestLog:
             record = json.loads(fields[b"record"])
         except (KeyError, ValueError):
             return
-        if isinstance(record, dict) and record.get("instance") != self.request_log.instance and record.get("key"):
+        if isinstance(record, dict) and record.get("key"):
             self.request_log.publish(record)

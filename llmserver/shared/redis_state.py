@@ -70,10 +70,11 @@ class SharedState:
         start)."""
         self.sync.ping()
 
-    def on(self, kind: str, handler: EventHandler, resync: ResyncHandler | None = None) -> None:
+    def on(self, kind: str | None, handler: EventHandler | None, resync: ResyncHandler | None = None) -> None:
         """`handler(event)` hears other processes' events of `kind`; `resync()` runs every few seconds and when
-        Redis is back, and re-reads what the process may have missed."""
-        self._handlers[kind] = handler
+        Redis is back, and re-reads what the process may have missed (or puts back what Redis lost)."""
+        if kind is not None and handler is not None:
+            self._handlers[kind] = handler
         if resync is not None:
             self._resyncs.append(resync)
 

@@ -40,7 +40,6 @@ class McpServerTools:
         self._retry_now = asyncio.Event()
         self._closed = False
         self.error: str | None = "not connected yet"
-        self.connected = asyncio.Event()
         self._lost_connection = asyncio.Event()
 
     def start(self) -> None:
@@ -94,7 +93,6 @@ class McpServerTools:
                     self._client = client
                     self.error = None
                     attempt = 0
-                    self.connected.set()
                     logger.info("MCP server %s: %d tool(s)", self.config.name, len(self._tools))
                     await self._watch(client)
             except asyncio.CancelledError:
@@ -103,7 +101,6 @@ class McpServerTools:
                 self._lost(exc)
             finally:
                 self._client = None
-                self.connected.clear()
                 self._lost_connection = asyncio.Event()
             pause = RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
             attempt += 1

@@ -149,9 +149,10 @@ class ConversationMemory:
             return self._conversations.pop(key, None) is not None
 
     def _expire(self) -> None:
+        # The conversations are in the order of their use (each use moves one to the end): the expired are first.
         oldest = time.time() - self.max_age
-        for key in [key for key, c in self._conversations.items() if c.used < oldest]:
-            del self._conversations[key]
+        while self._conversations and next(iter(self._conversations.values())).used < oldest:
+            self._conversations.popitem(last=False)
 
 
 def _user_turn(messages: Sequence[dict[str, Any]], turn_ids: Sequence[Any], exchange: Exchange) -> int | None:

@@ -101,7 +101,7 @@ class Relay:
     ) -> None:
         """Streams the upstream's chunks to `sink` as they come, then [DONE]; with `tools`, the tool loop."""
         record.upstream_called_ms = record.elapsed_ms()
-        if tools is not None and tools.tools:
+        if tools is not None:
             await self._stream_with_tools(body, api_key, sink, record, tools)
             return
         chunks, first = await self._open(body, api_key, sink, record)
@@ -136,7 +136,7 @@ class Relay:
         self, body: dict[str, Any], api_key: str | None, sink: EventSink, record: RequestRecord, tools: ToolUse
     ) -> None:
         messages = list(body["messages"])
-        identity: tuple[Any, Any, Any] | None = None  # the first pass's id, created and model: the caller's
+        envelope: dict[str, Any] | None = None  # the first pass's id, created and model: the caller's
         usage: dict[str, Any] | None = None
         role_sent = False
         finish_reason = "stop"
@@ -151,8 +151,8 @@ class Relay:
                 chunk = first
                 while chunk is not None:
                     data = chunk.data
-                    if identity is None:
-                        identity = (data.get("id"), data.get("created"), data.get("model"))
+                    if envelope is None:
+                        envelope = {"id": data.get("id"), "created": data.get("created"), "model": data.get("model")}
                     choices = data.get("choices")
                     if not choices:
                         usage = add_usage(usage, data.get("usage"))  # the usage chunk: summed, sent at the end
@@ -171,7 +171,6 @@ class Relay:
                             await sink.send(chunk.raw)  # as the upstream sent it
                             record.mark_chunk()
                         elif shown:
-                            envelope = {"id": identity[0], "created": identity[1], "model": identity[2]}
                             rewritten = {
                                 **data,
                                 **envelope,
@@ -190,7 +189,7 @@ class Relay:
                     sink, tools.registry.run_calls([c.as_tool_call() for c in server_calls], tools.tools)
                 )
                 exchange = exchange_messages(turn.joined_text, server_calls, outcomes)
-                tools.on_exchange(exchange, outcomes, bool(caller_calls))
+                tools.on_exchange(exchange, outcomes)
                 if not caller_calls:
                     messages += exchange
                     record.pass_gaps_ms.append(round(record.elapsed_ms() - ended, 3))
@@ -200,10 +199,10 @@ class Relay:
                 finish_reason = "stop"  # the pass limit: the server's calls of the last pass are not run
             break
         factory = ChunkFactory(
-            str(identity[2] if identity else body.get("model", "")), str(identity[0] if identity else "")
+            str(envelope["model"] if envelope else body.get("model", "")), str(envelope["id"] if envelope else "")
         )
-        if identity and isinstance(identity[1], int):
-            factory.created = identity[1]
+        if envelope and isinstance(envelope["created"], int):
+            factory.created = envelope["created"]
         await sink.send(dumps(factory.chunk({}, finish_reason=finish_reason)))
         record.mark_chunk()
         if usage is not None and include_usage(body):
@@ -260,7 +259,7 @@ class Relay:
         timeout = self.policy.completion_timeout
         try:
             async with asyncio.timeout(timeout):
-                if tools is not None and tools.tools:
+                if tools is not None:
                     return await self._complete_with_tools(body, api_key, record, tools)
                 return await self._complete_once(body, api_key, record)
         except TimeoutError:
@@ -306,7 +305,7 @@ class Relay:
             if server_calls and not last:
                 outcomes = await tools.registry.run_calls([c.as_tool_call() for c in server_calls], tools.tools)
                 exchange = exchange_messages(message.get("content"), server_calls, outcomes)
-                tools.on_exchange(exchange, outcomes, bool(caller_calls))
+                tools.on_exchange(exchange, outcomes)
                 if not caller_calls:
                     messages += exchange
                     continue

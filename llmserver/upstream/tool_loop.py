@@ -20,7 +20,7 @@ from typing import Any
 
 from ..tools.registry import Tool, ToolCall, ToolOutcome, ToolRegistry
 
-ExchangeListener = Callable[[list[dict[str, Any]], list[ToolOutcome], bool], None]
+ExchangeListener = Callable[[list[dict[str, Any]], list[ToolOutcome]], None]
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ToolUse:
     tools: dict[str, Tool]
     registry: ToolRegistry
     max_passes: int
-    on_exchange: ExchangeListener = lambda messages, outcomes, mixed: None
+    on_exchange: ExchangeListener = lambda messages, outcomes: None
 
     def turn(self, body: dict[str, Any]) -> Turn:
         caller = {

@@ -59,7 +59,7 @@ async function loadPage(reset) {
     for (const record of page.records) rows.appendChild(rowFor(record));
     if (!rows.children.length) rows.appendChild(emptyRow("No requests in the history match these filters.", 9));
     before = page.before;
-    olderButton.hidden = page.records.length < PAGE;
+    olderButton.hidden = page.before === null;
   } catch (error) {
     show(message, `Could not read the history: ${error.message}`);
   }
