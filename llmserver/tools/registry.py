@@ -79,6 +79,7 @@ class ToolRegistry:
         self.default_timeout = default_timeout
         self.result_chars = result_chars
         self.disabled: set[str] = set()
+        self._hidden: set[tuple[str, str]] = set()  # name clashes between sources, logged once each
 
     def all_tools(self) -> dict[str, Tool]:
         """Every tool by name; when two sources offer the same name, the first source's wins (and it is logged)."""
@@ -86,9 +87,11 @@ class ToolRegistry:
         for source in self.sources:
             for tool in source.tools():
                 if tool.name in tools:
-                    logger.warning(
-                        "tool %r of %s is hidden by the one of %s", tool.name, tool.source, tools[tool.name].source
-                    )
+                    if (tool.name, tool.source) not in self._hidden:
+                        self._hidden.add((tool.name, tool.source))
+                        logger.warning(
+                            "tool %r of %s is hidden by the one of %s", tool.name, tool.source, tools[tool.name].source
+                        )
                     continue
                 tools[tool.name] = tool
         return tools
@@ -178,19 +181,21 @@ class ToolRegistry:
 
 
 def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
-    """A checked validator for `schema`, made once per schema (checking and making one is the slow part)."""
-    key = json.dumps(schema, sort_keys=True)
-    validator = _VALIDATORS.get(key)
-    if validator is None:
-        cls = jsonschema.validators.validator_for(schema)
-        cls.check_schema(schema)
-        validator = _VALIDATORS[key] = cls(schema)
-        if len(_VALIDATORS) > 1024:
-            _VALIDATORS.pop(next(iter(_VALIDATORS)))
+    """A checked validator for `schema`, made once per schema object (checking and making one is the slow part;
+    a tool keeps its schema object from its source's discovery or file to the next)."""
+    found = _VALIDATORS.get(id(schema))
+    if found is not None and found[0] is schema:
+        return found[1]
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    validator = cls(schema)
+    _VALIDATORS[id(schema)] = (schema, validator)  # the schema is kept alive with it, so its id stays its own
+    if len(_VALIDATORS) > 1024:
+        _VALIDATORS.pop(next(iter(_VALIDATORS)))
     return validator
 
 
-_VALIDATORS: dict[str, jsonschema.protocols.Validator] = {}
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.protocols.Validator]] = {}
 
 
 class ToolFailure(Exception):

@@ -20,17 +20,18 @@ class WebhookTools:
     name = "webhooks"
 
     def __init__(self, config: ToolsConfig) -> None:
-        self._webhooks = config.webhooks
         self._session: aiohttp.ClientSession | None = None
+        self.configure(config)
 
     def configure(self, config: ToolsConfig) -> None:
         self._webhooks = config.webhooks
-
-    def tools(self) -> list[Tool]:
-        return [
+        self._tools = [  # made once per tools file, not per request
             Tool(hook.name, hook.description, hook.parameters, "webhook", self._runner(hook), hook.timeout)
             for hook in self._webhooks
         ]
+
+    def tools(self) -> list[Tool]:
+        return list(self._tools)
 
     def state(self) -> dict[str, Any]:
         return {"source": "webhooks", "reachable": True, "tools": len(self._webhooks)}
