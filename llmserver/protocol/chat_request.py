@@ -78,6 +78,15 @@ def include_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
+def tool_names(tools: Any) -> set[str]:
+    """The function names in a request's `tools` list (whatever else the list holds is skipped)."""
+    return {
+        tool["function"].get("name")
+        for tool in tools or []
+        if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
+    }
+
+
 def last_user_text(messages: Sequence[Any]) -> str:
     """The text of the last user message; the text parts of multi-part content are joined."""
     for message in reversed(messages):

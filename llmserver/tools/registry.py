@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import jsonschema
 
+from ..protocol.chat_request import tool_names
+
 logger = logging.getLogger("llmserver.tools")
 
 ToolFunction = Callable[[dict[str, Any]], Awaitable[str]]
@@ -99,11 +101,7 @@ class ToolRegistry:
     def offered(self, caller_tools: Iterable[Any]) -> dict[str, Tool]:
         """The server's enabled tools for a request, less those whose names the caller's own tools use: the caller's
         win (their calls stream to the caller, as without server tools)."""
-        caller_names = {
-            tool.get("function", {}).get("name")
-            for tool in caller_tools
-            if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
-        }
+        caller_names = tool_names(caller_tools)
         offered = {}
         for name, tool in self.all_tools().items():
             if name in self.disabled:

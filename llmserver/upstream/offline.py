@@ -20,7 +20,7 @@ from typing import Any
 
 from ..knowledge.context import ContextPassage, parse_passages
 from ..knowledge.lexical import tokenize
-from ..protocol.chat_request import include_usage, last_user_text, message_text
+from ..protocol.chat_request import include_usage, last_user_text, message_text, tool_names
 from ..protocol.chunks import ChunkFactory, usage
 from ..protocol.sse import dumps
 from ..tools.builtin import CURRENT_TIME, SEARCH_KNOWLEDGE_BASE, find_time_zone
@@ -80,21 +80,13 @@ class PlannedCall:
     preface: str
 
 
-def _offered(body: dict[str, Any]) -> set[str]:
-    return {
-        tool["function"].get("name")
-        for tool in body.get("tools") or []
-        if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
-    }
-
-
 def plan_tool_call(body: dict[str, Any]) -> PlannedCall | None:
     """A call to a built-in tool, when one is offered and the last turn is a question it answers."""
     messages = body.get("messages") or []
     if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
         return None
     question = message_text(messages[-1]).strip()
-    offered = _offered(body)
+    offered = tool_names(body.get("tools"))
     if CURRENT_TIME in offered and _TIME_QUESTION.search(question):
         place = _PLACE.search(question)
         zone = (find_time_zone(place.group(1)) or place.group(1)) if place else "UTC"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.chat_request import tool_names
 from ..tools.registry import Tool, ToolCall, ToolOutcome, ToolRegistry
 
 ExchangeListener = Callable[[list[dict[str, Any]], list[ToolOutcome]], None]
@@ -34,12 +35,7 @@ class ToolUse:
     on_exchange: ExchangeListener = lambda messages, outcomes: None
 
     def turn(self, body: dict[str, Any]) -> Turn:
-        caller = {
-            tool["function"].get("name")
-            for tool in body.get("tools") or []
-            if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
-        }
-        return Turn(set(self.tools), caller)
+        return Turn(set(self.tools), tool_names(body.get("tools")))
 
     def body_for_pass(self, body: dict[str, Any], messages: list[dict[str, Any]], last: bool) -> dict[str, Any]:
         caller_tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
