@@ -24,7 +24,7 @@ from ..protocol.errors import ApiError
 from ..protocol.sse import dumps
 from ..request_log import RequestRecord
 from .protocol import Upstream, UpstreamChunk, UpstreamError
-from .tool_loop import ToolUse, add_usage, exchange_messages
+from .tool_loop import ToolUse, Turn, add_usage, exchange_messages
 
 T = TypeVar("T")
 DROPPED_CONNECTION_RETRIES = 3  # immediate: a pool can hold several connections the peer has closed
@@ -182,21 +182,11 @@ class Relay:
                     chunk = await anext(chunks, None)
             finally:
                 await chunks.aclose()
-            server_calls, caller_calls = turn.server_calls(), turn.caller_calls()
-            ended = record.elapsed_ms()
-            if server_calls and not last:
-                outcomes = await self._keep_alive(
-                    sink, tools.registry.run_calls([c.as_tool_call() for c in server_calls], tools.tools)
-                )
-                exchange = exchange_messages(turn.joined_text, server_calls, outcomes)
-                tools.on_exchange(exchange, outcomes)
-                if not caller_calls:
-                    messages += exchange
-                    record.pass_gaps_ms.append(round(record.elapsed_ms() - ended, 3))
-                    continue
-            finish_reason = "tool_calls" if caller_calls else (turn.finish_reason or "stop")
-            if finish_reason == "tool_calls" and not caller_calls:
-                finish_reason = "stop"  # the pass limit: the server's calls of the last pass are not run
+            exchange = await self._run_server_calls(tools, turn, last, turn.joined_text, record, sink)
+            if exchange is not None:
+                messages += exchange
+                continue
+            finish_reason = turn.finish_reason_for_caller(turn.finish_reason)
             break
         factory = ChunkFactory(
             str(envelope["model"] if envelope else body.get("model", "")), str(envelope["id"] if envelope else "")
@@ -227,6 +217,30 @@ class Relay:
                 delay = budget.delay_before_retry(error)
             if delay:
                 await self._keep_alive(sink, asyncio.sleep(delay))
+
+    async def _run_server_calls(
+        self,
+        tools: ToolUse,
+        turn: Turn,
+        last: bool,
+        text: str | None,
+        record: RequestRecord,
+        sink: EventSink | None = None,
+    ) -> list[dict[str, Any]] | None:
+        """After a pass: runs the server's calls (not on the last pass) and returns the messages the next pass
+        adds, or None when the answer ends with this pass (no server calls, or the caller's calls to hand over)."""
+        server_calls, caller_calls = turn.server_calls(), turn.caller_calls()
+        if not server_calls or last:
+            return None
+        ended = record.elapsed_ms()
+        running = tools.registry.run_calls([call.as_tool_call() for call in server_calls], tools.tools)
+        outcomes = await (running if sink is None else self._keep_alive(sink, running))
+        exchange = exchange_messages(text, server_calls, outcomes)
+        tools.on_exchange(exchange, outcomes)
+        if caller_calls:
+            return None  # a mixed turn: the server's part is remembered, the caller's calls end the answer
+        record.pass_gaps_ms.append(round(record.elapsed_ms() - ended, 3))
+        return exchange
 
     async def _keep_alive(self, sink: EventSink, waiting: Awaitable[T]) -> T:
         """Awaits `waiting`; once the response has begun (the RAG waiting message), sends an SSE comment every
@@ -301,22 +315,17 @@ class Relay:
             turn.delta_for_caller(
                 {"tool_calls": [{"index": i, **c} for i, c in enumerate(message.get("tool_calls") or [])]}
             )
-            server_calls, caller_calls = turn.server_calls(), turn.caller_calls()
-            if server_calls and not last:
-                outcomes = await tools.registry.run_calls([c.as_tool_call() for c in server_calls], tools.tools)
-                exchange = exchange_messages(message.get("content"), server_calls, outcomes)
-                tools.on_exchange(exchange, outcomes)
-                if not caller_calls:
-                    messages += exchange
-                    continue
+            exchange = await self._run_server_calls(tools, turn, last, message.get("content"), record)
+            if exchange is not None:
+                messages += exchange
+                continue
             final = {**message, "content": "".join(texts) or None}
+            caller_calls = turn.caller_calls()
             if caller_calls:
                 final["tool_calls"] = [call.as_message_part() for call in caller_calls]
             else:
                 final.pop("tool_calls", None)
-            finish_reason = "tool_calls" if caller_calls else choices[0].get("finish_reason") or "stop"
-            if finish_reason == "tool_calls" and not caller_calls:
-                finish_reason = "stop"
+            finish_reason = turn.finish_reason_for_caller(choices[0].get("finish_reason"))
             result = {**completion, "choices": [{**choices[0], "message": final, "finish_reason": finish_reason}]}
             if usage is not None:
                 result["usage"] = usage

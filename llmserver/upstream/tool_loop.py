@@ -119,6 +119,13 @@ class Turn:
     def caller_calls(self) -> list[_Call]:
         return [call for call in self.calls.values() if not call.server]
 
+    def finish_reason_for_caller(self, upstream_reason: str | None) -> str:
+        """How the answer ends for the caller: with its own calls, or as the upstream said — but never "tool_calls"
+        with none for it (the pass limit: the server's calls of the last pass are not run)."""
+        if self.caller_calls():
+            return "tool_calls"
+        return "stop" if upstream_reason in (None, "", "tool_calls") else upstream_reason
+
     @property
     def joined_text(self) -> str:
         return "".join(self.text)
