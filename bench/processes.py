@@ -53,7 +53,12 @@ def llm_server(upstream_port: int | None, *args: str, **env: str) -> Iterator[in
         environment["OPENAI_BASE_URL"] = f"http://127.0.0.1:{upstream_port}/v1"
         environment["OPENAI_API_KEY"] = "sk-bench"
     environment.update(env)
-    with tempfile.TemporaryFile("w+") as log:  # the server's log: shown if it does not start, else discarded
+    with (
+        tempfile.TemporaryFile("w+") as log,  # the server's log: shown if it does not start, else discarded
+        tempfile.TemporaryDirectory(prefix="bench-data-") as data,  # never the operator's data directory
+    ):
+        if "--data-dir" not in args:
+            args = ("--data-dir", data, *args)
         process = subprocess.Popen(
             [sys.executable, "server.py", "--port", "0", *args],
             cwd=ROOT,

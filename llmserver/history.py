@@ -152,10 +152,10 @@ class RequestHistory:
             cutoff = time.time() - self.max_days * 86400
             stored -= connection.execute("DELETE FROM requests WHERE started_at < ?", [cutoff]).rowcount
             if stored > self.max_records:
+                # The oldest few, from the old end of the time index: the cost follows the excess, not the size.
                 stored -= connection.execute(
-                    "DELETE FROM requests WHERE key IN "
-                    "(SELECT key FROM requests ORDER BY started_at DESC LIMIT -1 OFFSET ?)",
-                    [self.max_records],
+                    "DELETE FROM requests WHERE key IN (SELECT key FROM requests ORDER BY started_at LIMIT ?)",
+                    [stored - self.max_records],
                 ).rowcount
         except sqlite3.Error as exc:
             logger.warning("request history: could not trim (%s)", exc)
