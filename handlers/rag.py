@@ -18,7 +18,9 @@ class RagCompletionsHandler(RelayedCompletion):
 
     async def respond(self, chat: ChatRequest, api_key: str | None) -> None:
         config = self.config
-        if chat.stream and config.rag_waiting_message:
+        # The waiting message opens a new user turn; a caller returning with its tool results is mid-answer.
+        new_turn = chat.messages[-1].get("role") == "user"
+        if chat.stream and config.rag_waiting_message and new_turn:
             await self.events.send_json(waiting_chunk(chat.model, config.waiting_messages))
             self.record.mark_chunk()
             # Let requests that arrived together get their waiting messages out before this one goes on to

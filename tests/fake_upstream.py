@@ -116,7 +116,9 @@ class ScriptedTurn:
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
     def deltas(self, turn_number: int) -> list[dict]:
-        deltas: list[dict] = [{"content": piece + " "} for piece in self.text.split()] if self.text else []
+        # As models stream text: tokens with their leading space, nothing after the last ("Let", " me", " check.").
+        words = self.text.split()
+        deltas: list[dict] = [{"content": (" " if n else "") + word} for n, word in enumerate(words)]
         for index, (name, arguments) in enumerate(self.calls):
             text = arguments if isinstance(arguments, str) else json.dumps(arguments)
             head = {"index": index, "id": f"call_t{turn_number}_{index}", "type": "function"}

@@ -44,11 +44,11 @@ def format_passages(passages: Sequence[Passage]) -> str:
 def parse_passages(text: str) -> list[ContextPassage]:
     """The passages of a knowledge message made by format_passages (the offline responder reads its prompt)."""
     headers = list(_HEADER.finditer(text))
-    passages = []
-    for header, following in zip(headers, [*headers[1:], None], strict=True):
-        end = following.start() if following else len(text)
-        passages.append(ContextPassage(header.group(3), header.group(2), text[header.end() : end].strip()))
-    return passages
+    ends = [following.start() for following in headers[1:]] + [len(text)]  # one more than headers when there are none
+    return [
+        ContextPassage(header.group(3), header.group(2), text[header.end() : end].strip())
+        for header, end in zip(headers, ends, strict=False)
+    ]
 
 
 def augment(body: dict[str, Any], passages: Sequence[Passage], template: str) -> dict[str, Any]:

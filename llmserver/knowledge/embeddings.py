@@ -66,6 +66,9 @@ def _bundled_model() -> Any:
     return USE(threads=1)
 
 
+INLINE_BATCH_CHARS = 2000  # a query batch longer than this is embedded in a worker thread
+
+
 class QueryBatcher:
     """Embeds the queries of requests that arrive together in one model call, and remembers recent ones.
 
@@ -98,14 +101,35 @@ class QueryBatcher:
         waiting, self._waiting = self._waiting, {}
         texts = list(waiting)
         self.model_calls += 1
+        if sum(map(len, texts)) > INLINE_BATCH_CHARS:
+            # A batch this long would hold the event loop (and every stream) for milliseconds: a worker thread
+            # runs it (the model's numpy work lets the loop go on meanwhile).
+            running = asyncio.get_running_loop().run_in_executor(None, self._encode, texts)
+            running.add_done_callback(lambda done: self._settle(waiting, texts, done))
+            return
         try:
             vectors = self._encode(texts)
         except Exception as exc:
-            for future in waiting.values():
-                if not future.done():
-                    future.set_exception(exc)
-                    future.exception()  # retrieved here, so a waiter that left logs no "never retrieved" warning
+            self._fail(waiting, exc)
             return
+        self._deliver(waiting, texts, vectors)
+
+    def _settle(self, waiting: dict[str, asyncio.Future], texts: list[str], done: asyncio.Future) -> None:
+        if done.cancelled():
+            self._fail(waiting, asyncio.CancelledError())
+        elif done.exception() is not None:
+            self._fail(waiting, done.exception())
+        else:
+            self._deliver(waiting, texts, done.result())
+
+    @staticmethod
+    def _fail(waiting: dict[str, asyncio.Future], exc: BaseException) -> None:
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved here, so a waiter that left logs no "never retrieved" warning
+
+    def _deliver(self, waiting: dict[str, asyncio.Future], texts: list[str], vectors: np.ndarray) -> None:
         for text, vector in zip(texts, vectors, strict=True):
             self._cache[text] = vector
             if not waiting[text].done():

@@ -31,6 +31,7 @@ from .query import RetrievalQuery
 logger = logging.getLogger("llmserver.knowledge")
 
 CANDIDATES = 24  # from each ranking, before fusion
+INLINE_QUERY_CHARS = 300  # a query longer than this is ranked in a worker thread
 EMBED_BATCH = 256  # passages embedded (and cached) at a time
 HISTORY_VECTOR_WEIGHT = 0.6  # of the history's vector in the history-weighted query's
 MIN_BACKGROUND_SPREAD = 0.03
@@ -246,11 +247,19 @@ class Retriever:
         started = time.perf_counter()
         snapshot = self._snapshot
         vectors = await self.query_vectors(query) if snapshot.vectors is not None and self.semantic_ready else None
-        candidates = self.candidates(snapshot, query, vectors)
-        ranked = self.select(snapshot, rank(candidates, self.policy))
+        if len(query.text) + len(query.history) <= INLINE_QUERY_CHARS:
+            ranked = self._rank(snapshot, query, vectors)  # well under a millisecond: a thread hop would cost more
+        else:
+            # Its cost grows with its words: a worker thread keeps the event loop (and every stream) going.
+            ranked = await asyncio.to_thread(self._rank, snapshot, query, vectors)
         return RetrievalResult(
             query, ranked, vectors is not None, round((time.perf_counter() - started) * 1000, 3), self.context_chars
         )
+
+    def _rank(
+        self, snapshot: IndexSnapshot, query: RetrievalQuery, vectors: tuple[np.ndarray, np.ndarray | None] | None
+    ) -> list[RankedPassage]:
+        return self.select(snapshot, rank(self.candidates(snapshot, query, vectors), self.policy))
 
     @property
     def snapshot(self) -> IndexSnapshot:

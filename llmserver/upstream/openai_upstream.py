@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +26,9 @@ from ..settings import Settings
 from .protocol import UpstreamChunk, UpstreamError
 
 logger = logging.getLogger("llmserver.upstream")
+# aiohttp warns of every request body over 1 MB; the server relays bodies up to MAX_BODY_BYTES as they come, and a
+# warning per request would fill the log.
+warnings.filterwarnings("ignore", "Sending a large body directly", ResourceWarning)
 
 # Statuses whose meaning the client can act on are passed on; other upstream 4xx too; 5xx become 502.
 _KEPT_STATUSES = {400, 401, 403, 404, 409, 413, 422, 429}

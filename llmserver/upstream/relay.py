@@ -24,7 +24,7 @@ from ..protocol.errors import ApiError
 from ..protocol.sse import dumps
 from ..request_log import RequestRecord
 from .protocol import Upstream, UpstreamChunk, UpstreamError
-from .tool_loop import ToolUse, Turn, add_usage, exchange_messages
+from .tool_loop import ToolUse, Turn, add_usage, exchange_messages, pass_separator
 
 T = TypeVar("T")
 DROPPED_CONNECTION_RETRIES = 3  # immediate: a pool can hold several connections the peer has closed
@@ -140,8 +140,10 @@ class Relay:
         usage: dict[str, Any] | None = None
         role_sent = False
         finish_reason = "stop"
+        said = ""  # the end of the text the caller has had, to keep the passes' texts apart
         while True:
             record.passes += 1
+            pass_spoke = False
             last = record.passes >= tools.max_passes
             chunks, first = await self._open(tools.body_for_pass(body, messages, last), api_key, sink, record)
             if record.upstream_first_chunk_ms is None and first is not None:
@@ -162,7 +164,14 @@ class Relay:
                         if choice.get("finish_reason"):
                             turn.finish_reason = choice["finish_reason"]
                         shown = turn.delta_for_caller(delta)
-                        if isinstance(shown.get("content"), str):
+                        content = shown.get("content")
+                        if isinstance(content, str) and content:
+                            if not pass_spoke and record.passes > 1:
+                                separator = pass_separator(said, content)
+                                if separator:
+                                    shown = {**shown, "content": separator + content}
+                            pass_spoke = True
+                            said = shown["content"][-1:]
                             record.add_reply(shown["content"])
                         if role_sent and "role" in shown:
                             shown = {key: value for key, value in shown.items() if key != "role"}
@@ -309,8 +318,9 @@ class Relay:
             usage = add_usage(usage, completion.get("usage"))
             choices = completion.get("choices") or [{}]
             message = choices[0].get("message") if isinstance(choices[0].get("message"), dict) else {}
-            if isinstance(message.get("content"), str):
-                texts.append(message["content"])
+            if isinstance(message.get("content"), str) and message["content"]:
+                text = "".join(texts)
+                texts.append(pass_separator(text, message["content"]) + message["content"])
             turn = tools.turn(body)
             turn.delta_for_caller(
                 {"tool_calls": [{"index": i, **c} for i, c in enumerate(message.get("tool_calls") or [])]}

@@ -14,6 +14,7 @@ stream ends with the caller's calls and `finish_reason: "tool_calls"`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,22 @@ class Turn:
     @property
     def joined_text(self) -> str:
         return "".join(self.text)
+
+
+_SENTENCE_ENDS = frozenset(".!?…:;。！？：；")
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\u3040-\u30ff\uac00-\ud7af]")
+
+
+def pass_separator(before: str, after: str) -> str:
+    """What goes between the text of one pass and the next's so that they read, and are spoken, as two sentences:
+    "Let me check." + "It is nine." would otherwise reach the caller as "Let me check.It is nine." (TTS says
+    "check dot it"). Nothing in Chinese or Japanese, which has no spaces, but a full stop where the first had none."""
+    if not before or not after or before[-1].isspace() or after[0].isspace():
+        return ""
+    last = before[-1]
+    if _CJK.match(last) or _CJK.match(after[0]):
+        return "" if last in _SENTENCE_ENDS or not _CJK.match(last) else "。"
+    return " " if last in _SENTENCE_ENDS or not last.isalnum() else ". "
 
 
 def exchange_messages(

@@ -10,6 +10,7 @@ import pytest
 from llmserver.knowledge.context import WAITING_MESSAGE_ID
 from llmserver.settings import DEFAULT_WAITING_MESSAGES
 from tests.client import RawClient, json_of, post, stream
+from tests.fake_upstream import ScriptedTurn
 
 QUESTION = {"role": "user", "content": "How do I connect this server to Agora?"}
 SYSTEM = {"role": "system", "content": "You are a voice assistant."}
@@ -233,3 +234,71 @@ async def test_the_first_token_timeout_holds_through_keep_alives(http_server, ba
     *_, error, done = result.events
     assert error["error"]["code"] == "first_token_timeout" and done == "[DONE]"
     await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
+
+
+# What a voice turn asks of retrieval --------------------------------------------------------------------------------
+
+LOOKUP_WEATHER = {"type": "function", "function": {"name": "lookup_weather", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.gen_test
+async def test_a_caller_returning_with_its_tool_results_gets_no_second_waiting_message(
+    http_server, base_url, fake_upstream
+):
+    fake_upstream.script = [ScriptedTurn("Let me check.", [("lookup_weather", {"city": "Paris"})])]
+    first = await stream(base_url, "/rag/chat/completions", {"messages": [SYSTEM, QUESTION], "tools": [LOOKUP_WEATHER]})
+    assert first.chunks[0]["id"] == WAITING_MESSAGE_ID
+    call = next(c for c in first.chunks if c["choices"] and "tool_calls" in c["choices"][0]["delta"])
+    call_id = call["choices"][0]["delta"]["tool_calls"][0]["id"]
+    returning = [
+        SYSTEM,
+        QUESTION,
+        {"role": "assistant", "content": "Let me check.", "tool_calls": [{"id": call_id, "type": "function",
+         "function": {"name": "lookup_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "Sunny, 21 degrees."},
+    ]  # fmt: skip
+    second = await stream(base_url, "/rag/chat/completions", {"messages": returning, "tools": [LOOKUP_WEATHER]})
+    assert second.response.code == 200 and second.events[-1] == "[DONE]"
+    assert WAITING_MESSAGE_ID not in {c["id"] for c in second.chunks}
+    assert second.text == "word0 word1 word2 word3 word4 "  # the upstream's words alone, no filler before them
+
+
+SMALL_TALK = ["Hi", "Hello!", "Thanks, bye.", "ok", "你好", "嗯", "Thank you so much!", "好的，谢谢"]
+
+
+async def assert_nothing_injected(base_url, fake_upstream, services, said: str) -> None:
+    result = await stream(base_url, "/rag/chat/completions", {"messages": [SYSTEM, {"role": "user", "content": said}]})
+    assert result.response.code == 200 and result.events[-1] == "[DONE]"
+    assert [m["role"] for m in fake_upstream.last.body["messages"]] == ["system", "user"], said
+    retrieval = services.request_log.recent()[-1]["retrieval"]
+    assert retrieval["hits"] == [] and retrieval["injected_chars"] == 0, said
+
+
+@pytest.mark.gen_test
+async def test_greetings_thanks_and_fillers_inject_no_knowledge(http_server, base_url, fake_upstream, services):
+    for said in SMALL_TALK:
+        await assert_nothing_injected(base_url, fake_upstream, services, said)
+    # A greeting that asks something is a question.
+    await stream(base_url, "/rag/chat/completions", {"messages": [{"role": "user", "content": "Hi, how do I connect "
+                                                                    "Agora's engine?"}]})  # fmt: skip
+    assert services.request_log.recent()[-1]["retrieval"]["hits"][0]["id"] == "connect-agora#1"
+
+
+@pytest.mark.settings(embeddings="bundled")
+@pytest.mark.gen_test(timeout=120)
+async def test_greetings_inject_no_knowledge_with_the_bundled_model_either(
+    http_server, base_url, fake_upstream, services, semantic
+):
+    for said in SMALL_TALK:
+        await assert_nothing_injected(base_url, fake_upstream, services, said)
+
+
+@pytest.mark.parametrize("asked", ["Look up how to connect Agora", "Can you tell me how to connect Agora?",
+                                   "帮我查一下如何连接声网对话式AI引擎"])  # fmt: skip
+@pytest.mark.gen_test
+async def test_the_way_a_question_is_asked_does_not_pick_the_passage(http_server, base_url, fake_upstream, services,
+                                                                      asked):  # fmt: skip
+    # "Look up" matched "up to SHUTDOWN_GRACE seconds" in "Stopping the server" above the passage that answers.
+    await stream(base_url, "/rag/chat/completions", {"messages": [{"role": "user", "content": asked}]})
+    best = services.request_log.recent()[-1]["retrieval"]["hits"][0]["id"]
+    assert best in ("connect-agora#1", "zh-connect#1"), best

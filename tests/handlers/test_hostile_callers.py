@@ -1,0 +1,90 @@
+"""Hostile callers (round 3 of the fuzz-and-fault campaign): requests that cost the server more than they should,
+or reach what belongs to another caller. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import string
+import time
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.client import post, stream
+from tests.fake_upstream import ScriptedTurn
+
+
+def gibberish(chars: int, seed: int = 1) -> str:
+    """Distinct made-up words: the costliest text to tokenise, score and embed."""
+    rng = random.Random(seed)
+    words, size = [], 0
+    while size < chars:
+        word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 10)))
+        words.append(word)
+        size += len(word) + 1
+    return " ".join(words)[:chars]
+
+
+async def slowest_health_check(base_url: str, busy: asyncio.Task) -> float:
+    """The longest /healthz took while `busy` ran: the event loop's availability to everyone else."""
+    client = AsyncHTTPClient()
+    slowest = 0.0
+    while not busy.done():
+        started = time.perf_counter()
+        response = await client.fetch(base_url + "/healthz", request_timeout=60)
+        assert response.code == 200
+        slowest = max(slowest, time.perf_counter() - started)
+        await asyncio.sleep(0.02)
+    await busy
+    return slowest
+
+
+# 8. A long query froze the process: tokenised, scored and embedded on the event loop, unbounded. ----------------
+
+
+@pytest.mark.settings(max_body_bytes=4 << 20, embeddings="bundled")
+@pytest.mark.gen_test(timeout=120)
+async def test_a_megabyte_rag_message_is_bounded_and_never_holds_the_event_loop(
+    http_server, base_url, fake_upstream, services, semantic
+):
+    huge = gibberish(1_000_000)
+    body = {"messages": [{"role": "assistant", "content": gibberish(300_000, 2)}, {"role": "user", "content": huge}]}
+    busy = asyncio.ensure_future(stream(base_url, "/rag/chat/completions", body))
+    # Before: 2.5 s per 100 KB with /healthz blocked as long (about 44 s for this request).
+    assert await slowest_health_check(base_url, busy) < 2.0
+    result = busy.result()
+    assert result.response.code == 200 and result.events[-1] == "[DONE]"
+    retrieval = services.request_log.recent()[-1]["retrieval"]
+    assert retrieval["ms"] < 2000
+
+
+@pytest.mark.settings(server_tools=("chat",), embeddings="bundled")
+@pytest.mark.gen_test(timeout=120)
+async def test_the_model_searching_with_a_huge_query_is_bounded_too(
+    http_server, base_url, fake_upstream, services, semantic
+):
+    fake_upstream.script = [ScriptedTurn("", [("search_knowledge_base", {"query": gibberish(300_000)})])]
+    asking = {"messages": [{"role": "user", "content": "?"}]}
+    busy = asyncio.ensure_future(stream(base_url, "/chat/completions", asking))
+    assert await slowest_health_check(base_url, busy) < 2.0  # before: 11.6 s, the tool's timeout unable to fire
+    record = services.request_log.recent()[-1]
+    assert record["tool_calls"][0]["outcome"] == "ok" and record["tool_calls"][0]["ms"] < 2000
+
+
+def test_the_query_keeps_a_bounded_end_of_the_turn():
+    from llmserver.knowledge.query import MAX_QUERY_CHARS, conversation_query
+
+    turn = gibberish(50_000) + " where is breakfast served"
+    query = conversation_query([{"role": "user", "content": "x" * 90_000}, {"role": "assistant", "content": "y"},
+                                {"role": "user", "content": turn}])  # fmt: skip
+    assert len(query.text) <= MAX_QUERY_CHARS and query.text.endswith("where is breakfast served")
+    assert len(query.history) <= 1201
+
+
+@pytest.mark.gen_test
+async def test_a_long_question_still_finds_its_passage(http_server, base_url, fake_upstream, services):
+    question = "Hello, I have a question. " * 30 + "How do I connect Agora's Conversational AI engine to this server?"
+    response = await post(base_url, "/rag/chat/completions", {"messages": [{"role": "user", "content": question}]})
+    assert response.code == 200
+    assert services.request_log.recent()[-1]["retrieval"]["hits"][0]["id"] == "connect-agora#1"
