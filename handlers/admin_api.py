@@ -250,7 +250,9 @@ class ConversationsHandler(AdminApiHandler):
     """GET /admin/api/conversations: the conversations whose tool exchanges are remembered."""
 
     def get(self) -> None:
-        self.write_json({"conversations": self.services.memory.conversations()})
+        limit = self.count_argument("limit", default=100, most=1000)
+        conversations = self.services.memory.conversations()
+        self.write_json({"conversations": conversations[:limit], "total": len(conversations)})
 
 
 class ConversationHandler(AdminApiHandler):
@@ -275,15 +277,9 @@ class HistoryHandler(AdminApiHandler):
 
     async def get(self) -> None:
         def number(name: str) -> float | None:
-            value = self.get_query_argument(name, "")
-            if not value:
-                return None
-            try:
-                return float(value)
-            except ValueError:
-                raise ApiError(400, f"'{name}' must be a number (seconds since 1970).", param=name) from None
+            return self.number_argument(name, "a number (seconds since 1970)")
 
-        limit = max(1, min(int(number("limit") or 50), PAGE_LIMIT))
+        limit = self.count_argument("limit", default=50, most=PAGE_LIMIT)
         page = await self.in_worker(
             self.services.history.page,
             before=number("before"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +211,24 @@ class ApiHandler(JsonErrors, BodyLimit):
 
     def json_body(self) -> Any:
         return parse_json(self.body)
+
+    def number_argument(self, name: str, what: str = "a number") -> float | None:
+        """A finite number from the query string (None when absent): NaN, infinities and words are a 400."""
+        value = self.get_query_argument(name, "")
+        if not value:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ApiError(400, f"'{name}' must be {what}.", param=name, code="invalid_value")
+        return number
+
+    def count_argument(self, name: str, default: int, most: int) -> int:
+        """A count from the query string, at least 1 and at most `most`."""
+        number = self.number_argument(name, "a whole number")
+        return default if number is None else max(1, min(int(number), most))
 
     def json_object(self) -> dict[str, Any]:
         body = self.json_body()

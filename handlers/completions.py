@@ -16,11 +16,11 @@ from tornado.iostream import StreamClosedError
 from llmserver.protocol.chat_request import ChatRequest, message_text, parse_chat_request
 from llmserver.protocol.errors import ApiError, ServiceError, as_api_error
 from llmserver.request_log import MAX_LOGGED_MESSAGES, RequestRecord, ToolCallDetails, bounded_value
-from llmserver.tools.memory import Exchange, conversation_key
+from llmserver.tools.memory import Exchange, bounded_turn_id, conversation_key, turn_text
 from llmserver.tools.registry import ToolOutcome
 from llmserver.upstream.tool_loop import ToolUse
 
-from .auth import upstream_key
+from .auth import bearer_token, upstream_key
 from .base import INTERNAL_ERROR, ApiHandler
 from .sse import EventStream
 
@@ -159,7 +159,12 @@ class RelayedCompletion(CompletionEndpoint):
 
     def request_body(self, chat: ChatRequest) -> dict[str, Any]:
         """The body to send: the conversation's earlier tool exchanges put back where they belong."""
-        key = conversation_key(chat.engine_fields, chat.body.get("user"), self.request.headers.get("X-Conversation-Id"))
+        key = conversation_key(
+            chat.engine_fields,
+            chat.body.get("user"),
+            self.request.headers.get("X-Conversation-Id"),
+            bearer_token(self.request),
+        )
         self.record.conversation = key
         if key is None:
             return chat.body
@@ -203,7 +208,7 @@ class RelayedCompletion(CompletionEndpoint):
             if key is not None:
                 # The assistant's words of that pass are in the history the caller keeps; the calls are not.
                 kept = ({**messages[0], "content": None}, *messages[1:])
-                memory.remember(key, Exchange(chat.last_user_text().strip(), turn_id, kept))
+                memory.remember(key, Exchange(turn_text(chat.last_user_text()), bounded_turn_id(turn_id), kept))
 
         return ToolUse(offered, self.services.tools, self.config.tool_passes, on_exchange)
 

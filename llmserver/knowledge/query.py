@@ -25,7 +25,7 @@ MAX_QUERY_CHARS = 1000  # of the last turn (its end: a long message usually asks
 
 _SMALL_TALK_WORDS = (
     "hi|hello|hey|hiya|yo|good (?:morning|afternoon|evening|night)|thanks|thank you(?: very much| so much)?|"
-    "thx|cheers|bye|goodbye|bye bye|see you|ok|okay|k|alright|all right|fine|great|cool|nice|sure|yes|yeah|yep|"
+    "thx|cheers|bye|goodbye|bye bye|see you|ok|okay|k|alright|all right|great|cool|nice|sure|yes|yeah|yep|"
     "no|nope|right|got it|i see|uh|um|uhm|hmm|hm|mm|mhm|ah|oh|wow|please|sorry|you too|"
     "你好|您好|嗨|哈喽|谢谢|谢谢你|多谢|感谢|再见|拜拜|好的|好|行|可以|对|对的|是的|是|嗯|嗯嗯|哦|噢|啊|呃|额|明白了|知道了|没事|不客气"
 )

@@ -105,6 +105,34 @@ def message_text(message: dict[str, Any]) -> str:
     return ""
 
 
+def _check_tool_parts(message: dict[str, Any], param: str) -> None:
+    """A message's tool calls and tool result id, in the shape OpenAI requires (it refuses any other with a 400)."""
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise ApiError(
+                400, f"'{param}.tool_calls' must be a list.", param=f"{param}.tool_calls", code="invalid_type"
+            )
+        for number, call in enumerate(calls):
+            where = f"{param}.tool_calls[{number}]"
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(call, dict) or not isinstance(call.get("id"), str) or not isinstance(function, dict):
+                raise ApiError(
+                    400, f"'{where}' must be an object with an 'id' and a 'function'.", param=where, code="invalid_type"
+                )
+            if not isinstance(function.get("name"), str) or not isinstance(function.get("arguments", ""), str):
+                raise ApiError(
+                    400,
+                    f"'{where}.function' must have a 'name' and 'arguments' that are strings.",
+                    param=f"{where}.function",
+                    code="invalid_type",
+                )
+    if message.get("role") == "tool" and not isinstance(message.get("tool_call_id"), str):
+        raise ApiError(
+            400, f"'{param}.tool_call_id' must be a string.", param=f"{param}.tool_call_id", code="invalid_type"
+        )
+
+
 def _is_type(value: Any, types: tuple[type, ...]) -> bool:
     # bool is an int in Python, but not an integer or a number in JSON Schema.
     if isinstance(value, bool) and bool not in types:
@@ -141,11 +169,17 @@ def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
                 param=f"{param}.content",
                 code="invalid_type",
             )
+        _check_tool_parts(message, param)
 
     for name, (types, described) in _FIELD_TYPES.items():
         # null is accepted for every optional parameter, as OpenAI does, and passed on as it is.
         if body.get(name) is not None and not _is_type(body[name], types):
             raise ApiError(400, f"'{name}' must be {described}.", param=name, code="invalid_type")
+    for index, tool in enumerate(body.get("tools") or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            param = f"tools[{index}].function.name"
+            raise ApiError(400, f"'{param}' must be a non-empty string.", param=param, code="invalid_type")
 
     engine_fields = {name: body.pop(name) for name in ENGINE_TOP_LEVEL_FIELDS if name in body}
     message_fields = []

@@ -7,12 +7,19 @@ spliced back into the next request right after that turn — never twice, and ne
 already holds those calls. A conversation is keyed by the engine's `context` (appId, userId, channel), else by the
 OpenAI `user` field, else by the X-Conversation-Id header; without any of them nothing is kept.
 
+Keys are chosen by callers, so a key says unambiguously which parts it was made of (JSON, so "a:b" + "c" is not
+"a" + "b:c"), a long one is hashed (a megabyte `user` costs a few dozen bytes), and each is scoped by the credential
+the caller presented: a caller who sends another caller's `user` or `context` with another key reaches nothing of
+theirs.
+
 Bounded by conversations (least recently used first out), messages per conversation (oldest exchanges first out)
 and age.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -31,9 +38,7 @@ class Exchange:
     at: float = field(default_factory=time.time)
 
     def call_ids(self) -> set[str]:
-        return {call["id"] for message in self.messages for call in message.get("tool_calls") or []} | {
-            message["tool_call_id"] for message in self.messages if message.get("role") == "tool"
-        }
+        return call_ids(self.messages)
 
     def to_dict(self) -> dict[str, Any]:
         return {"after_user": self.after_user, "turn_id": self.turn_id, "at": self.at, "messages": list(self.messages)}
@@ -58,17 +63,72 @@ class _Conversation:
         return sum(len(exchange.messages) for exchange in self.exchanges)
 
 
-def conversation_key(engine_fields: Mapping[str, Any], user: Any, header: str | None) -> str | None:
+MAX_KEY_CHARS = 96  # longer identities are hashed
+TURN_TEXT_CHARS = 500  # of the user turn an exchange followed; a longer one is kept as its digest
+
+
+def _digest(text: str, length: int = 32) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
+
+
+def credential_scope(credential: str | None) -> str:
+    """The part of a key that says whose it is: a digest of the API key the caller presented, or "anon"."""
+    return f"key-{_digest(credential, 16)}" if credential else "anon"
+
+
+def conversation_key(
+    engine_fields: Mapping[str, Any], user: Any, header: str | None, credential: str | None = None
+) -> str | None:
+    """The memory's key for a request, or None when it names no conversation."""
+    identity: tuple[str, list[str]] | None = None
     context = engine_fields.get("context")
     if isinstance(context, dict):
         parts = [context.get(name) for name in ("appId", "userId", "channel")]
-        if any(isinstance(part, (str, int)) and str(part) for part in parts):
-            return "agora:" + ":".join(str(part or "") for part in parts)
-    if isinstance(user, str) and user:
-        return f"user:{user}"
-    if header:
-        return f"header:{header}"
+        if any(_usable(part) for part in parts):
+            identity = ("agora", [str(part) if _usable(part) else "" for part in parts])
+    if identity is None and isinstance(user, str) and user:
+        identity = ("user", [user])
+    if identity is None and header:
+        identity = ("header", [header])
+    if identity is None:
+        return None
+    kind, parts = identity
+    named = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    if len(named) > MAX_KEY_CHARS or not named.isprintable():
+        named = "sha256:" + _digest(named)
+    return f"{credential_scope(credential)}:{kind}:{named}"
+
+
+def call_ids(messages: Sequence[dict[str, Any]]) -> set[str]:
+    """The ids of the tool calls and tool results in `messages` (whatever else a caller's history holds)."""
+    ids = set()
+    for message in messages:
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            if isinstance(call, dict) and isinstance(call.get("id"), str):
+                ids.add(call["id"])
+        if message.get("role") == "tool" and isinstance(message.get("tool_call_id"), str):
+            ids.add(message["tool_call_id"])
+    return ids
+
+
+def bounded_turn_id(turn_id: Any) -> Any:
+    """The engine's turn id as an exchange keeps it: a number or a short text (anything else names no turn)."""
+    if isinstance(turn_id, bool):
+        return None
+    if isinstance(turn_id, int) or (isinstance(turn_id, str) and len(turn_id) <= 64):
+        return turn_id
     return None
+
+
+def _usable(part: Any) -> bool:
+    return isinstance(part, (str, int)) and not isinstance(part, bool) and str(part) != ""
+
+
+def turn_text(message_or_text: dict[str, Any] | str) -> str:
+    """The text of a user turn as an exchange remembers it (bounded: a long one by its digest)."""
+    text = (message_or_text if isinstance(message_or_text, str) else message_text(message_or_text)).strip()
+    return text if len(text) <= TURN_TEXT_CHARS else "sha256:" + _digest(text)
 
 
 class ConversationMemory:
@@ -111,8 +171,7 @@ class ConversationMemory:
             self._conversations.move_to_end(key)
             conversation.used = time.time()
             exchanges = list(conversation.exchanges)
-        present = {call["id"] for m in messages for call in m.get("tool_calls") or [] if isinstance(call, dict)}
-        present |= {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+        present = call_ids(messages)
         inserts: dict[int, list[dict[str, Any]]] = {}
         for exchange in exchanges:
             if exchange.call_ids() & present:
@@ -166,6 +225,6 @@ def _user_turn(messages: Sequence[dict[str, Any]], turn_ids: Sequence[Any], exch
     last = len(messages) - 1 if messages and messages[-1].get("role") == "user" else len(messages)
     for index in range(last - 1, -1, -1):
         message = messages[index]
-        if message.get("role") == "user" and message_text(message).strip() == exchange.after_user:
+        if message.get("role") == "user" and turn_text(message) == exchange.after_user:
             return index
     return None

@@ -4,6 +4,7 @@ or reach what belongs to another caller. Each test failed before its fix."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import string
 import time
@@ -13,6 +14,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from tests.client import post, stream
 from tests.fake_upstream import ScriptedTurn
+from tests.handlers.admin_client import bearer
 
 
 def gibberish(chars: int, seed: int = 1) -> str:
@@ -88,3 +90,68 @@ async def test_a_long_question_still_finds_its_passage(http_server, base_url, fa
     response = await post(base_url, "/rag/chat/completions", {"messages": [{"role": "user", "content": question}]})
     assert response.code == 200
     assert services.request_log.recent()[-1]["retrieval"]["hits"][0]["id"] == "connect-agora#1"
+
+
+# 9. The conversation key was kept whole in every record: a megabyte `user` cost a megabyte a request. -------------
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_huge_conversation_key_costs_a_few_bytes(http_server, base_url, fake_upstream, services):
+    huge = "u" * 900_000
+    for sent in ({"user": huge}, {"context": {"appId": huge, "userId": "1", "channel": "c"}}):
+        response = await post(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], **sent})
+        assert response.code == 200
+        assert len(services.request_log.recent()[-1]["conversation"]) < 100
+    header = {"X-Conversation-Id": "h" * 8000}
+    assert (await post(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}, header)).code
+    assert len(services.request_log.recent()[-1]["conversation"]) < 100
+    admin = bearer(base_url, services.admin_token)
+    history = await admin.fetch("GET", "/admin/api/history?limit=10")
+    assert history.code == 200 and len(history.body) < 50_000
+
+
+@pytest.mark.settings(memory_conversations=1000)
+@pytest.mark.gen_test
+async def test_the_conversations_list_is_paged(http_server, base_url, services):
+    from llmserver.tools.memory import Exchange
+
+    call = {"id": "c1", "type": "function", "function": {"name": "t", "arguments": "{}"}}
+    messages = ({"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "tool", "tool_call_id": "c1"})
+    for number in range(250):
+        services.memory.remember(f'anon:user:["{number}"]', Exchange("hi", None, messages))
+    admin = bearer(base_url, services.admin_token)
+    listed = json.loads((await admin.fetch("GET", "/admin/api/conversations")).body)
+    assert len(listed["conversations"]) == 100 and listed["total"] == 250
+    listed = json.loads((await admin.fetch("GET", "/admin/api/conversations?limit=5000")).body)
+    assert len(listed["conversations"]) == 250
+    for bad in ("nan", "inf", "-1e400", "many"):
+        response = await admin.fetch("GET", f"/admin/api/conversations?limit={bad}")
+        assert response.code == 400 and json.loads(response.body)["error"]["param"] == "limit"
+
+
+@pytest.mark.parametrize("query", ["limit=nan", "limit=inf", "limit=-1e400", "before=nan", "since=inf", "until=x"])
+@pytest.mark.gen_test
+async def test_history_paging_refuses_numbers_that_are_not(http_server, base_url, services, query):
+    response = await bearer(base_url, services.admin_token).fetch("GET", "/admin/api/history?" + query)
+    assert response.code == 400  # limit=nan was a 500 with a traceback
+    assert json.loads(response.body)["error"]["param"] == query.split("=")[0]
+
+
+# 11. Memory keys collided, and anyone could name one. ---------------------------------------------------------------
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.gen_test(timeout=60)
+async def test_a_conversation_is_reached_only_with_the_credential_that_made_it(
+    http_server, base_url, fake_upstream, services
+):
+    fake_upstream.script = [ScriptedTurn("Checking.", [("current_time", {"timezone": "Asia/Tokyo"})])]
+    first = [{"role": "user", "content": "What time is it in Tokyo?"}]
+    alice, mallory = {"Authorization": "Bearer sk-alice"}, {"Authorization": "Bearer sk-mallory"}
+    await stream(base_url, "/chat/completions", {"messages": first, "user": "u1"}, alice)
+    follow_up = [*first, {"role": "assistant", "content": "Checking. word0"}, {"role": "user", "content": "Exactly?"}]
+    # Another caller naming the same user: nothing of Alice's conversation.
+    await stream(base_url, "/chat/completions", {"messages": follow_up, "user": "u1"}, mallory)
+    assert [m["role"] for m in fake_upstream.last.body["messages"]].count("tool") == 0
+    await stream(base_url, "/chat/completions", {"messages": follow_up, "user": "u1"}, alice)
+    assert [m["role"] for m in fake_upstream.last.body["messages"]].count("tool") == 1

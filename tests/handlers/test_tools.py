@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -452,11 +453,13 @@ async def test_tool_exchanges_are_spliced_into_the_next_turn_of_the_conversation
     assert [m["role"] for m in fake_upstream.requests[-1].body["messages"]].count("tool") == 0
     admin = bearer(base_url, services.admin_token)
     listed = json.loads((await admin.fetch("GET", "/admin/api/conversations")).body)["conversations"]
-    assert listed[0]["key"] == "agora:app1:u42:room7" and listed[0]["messages"] == 2
-    one = json.loads((await admin.fetch("GET", "/admin/api/conversations/agora:app1:u42:room7")).body)
+    key = 'anon:agora:["app1","u42","room7"]'
+    assert listed[0]["key"] == key and listed[0]["messages"] == 2
+    path = "/admin/api/conversations/" + urllib.parse.quote(key, safe="")
+    one = json.loads((await admin.fetch("GET", path)).body)
     assert one["exchanges"][0]["after_user"] == "Is there a table for two?"
-    assert (await admin.fetch("DELETE", "/admin/api/conversations/agora:app1:u42:room7")).code == 204
-    assert (await admin.fetch("GET", "/admin/api/conversations/agora:app1:u42:room7")).code == 404
+    assert (await admin.fetch("DELETE", path)).code == 204
+    assert (await admin.fetch("GET", path)).code == 404
 
 
 # Offline ------------------------------------------------------------------------------------------------------------

@@ -27,10 +27,57 @@ def history(*texts: str) -> list[dict]:
 
 def test_the_conversation_key_prefers_the_engines_context_then_user_then_header():
     context = {"context": {"appId": "a", "userId": "u", "channel": "c"}}
-    assert conversation_key(context, "someone", "h1") == "agora:a:u:c"
-    assert conversation_key({"context": {"presence": {}}}, "someone", "h1") == "user:someone"
-    assert conversation_key({}, None, "h1") == "header:h1"
+    assert conversation_key(context, "someone", "h1") == 'anon:agora:["a","u","c"]'
+    assert conversation_key({"context": {"presence": {}}}, "someone", "h1") == 'anon:user:["someone"]'
+    assert conversation_key({}, None, "h1") == 'anon:header:["h1"]'
     assert conversation_key({}, None, None) is None
+
+
+def test_keys_made_of_different_parts_never_collide():
+    # "a:b" + "c" and "a" + "b:c" were both "agora:a:b:c".
+    one = conversation_key({"context": {"appId": "a:b", "userId": "c"}}, None, None)
+    other = conversation_key({"context": {"appId": "a", "userId": "b:c"}}, None, None)
+    assert one != other
+    assert conversation_key({}, "agora:x", None) != conversation_key({"context": {"appId": "x"}}, None, None)
+
+
+def test_a_key_is_scoped_by_the_credential_the_caller_presented():
+    keyed = conversation_key({}, "u1", None, "sk-caller-a")
+    assert keyed != conversation_key({}, "u1", None, "sk-caller-b") != conversation_key({}, "u1", None)
+    assert keyed == conversation_key({}, "u1", None, "sk-caller-a")
+    assert "sk-caller-a" not in keyed  # a digest of it, never the key itself
+
+
+def test_a_long_identity_is_hashed():
+    key = conversation_key({}, "x" * 1_000_000, None)
+    assert len(key) < 100 and key == conversation_key({}, "x" * 1_000_000, None)
+    assert conversation_key({}, "x" * 1_000_000, None) != conversation_key({}, "x" * 999_999 + "y", None)
+    assert len(conversation_key({}, "line\nbreak", None)) < 100 and "\n" not in conversation_key({}, "a\nb", None)
+
+
+def test_malformed_histories_splice_without_failing():
+    memory = ConversationMemory()
+    memory.remember("k", exchange("call_1"))
+    odd = [
+        {"role": "assistant", "tool_calls": "not a list"},
+        {"role": "assistant", "tool_calls": [{"no": "id"}, 3]},
+        {"role": "tool", "tool_call_id": ["a", "list"], "content": "x"},
+        {"role": "user", "content": "What is the weather?"},
+        {"role": "assistant", "content": "18."},
+        {"role": "user", "content": "And now?"},
+    ]
+    assert len(memory.splice("k", odd, [])) == len(odd) + 2
+
+
+def test_a_long_turn_is_remembered_by_its_digest():
+    from llmserver.tools.memory import turn_text
+
+    long_turn = "Where is breakfast? " * 5000
+    memory = ConversationMemory()
+    memory.remember("k", exchange("call_1", after=turn_text(long_turn)))
+    assert len(memory.get("k")[0]["after_user"]) < 100
+    spliced = memory.splice("k", history(long_turn, "It is at seven.", "Thanks"), [])
+    assert [m["role"] for m in spliced] == ["user", "assistant", "tool", "assistant", "user"]
 
 
 def test_an_exchange_goes_back_after_the_user_turn_that_led_to_it_by_turn_id_or_words():
