@@ -114,8 +114,12 @@ class ScriptedTurn:
 
     text: str = ""
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    raw_deltas: list[dict] | None = None  # streamed as they are instead (what a broken upstream might send)
+    raw_message: dict | None = None  # the non-streamed message, likewise
 
     def deltas(self, turn_number: int) -> list[dict]:
+        if self.raw_deltas is not None:
+            return [dict(delta) for delta in self.raw_deltas]
         # As models stream text: tokens with their leading space, nothing after the last ("Let", " me", " check.").
         words = self.text.split()
         deltas: list[dict] = [{"content": (" " if n else "") + word} for n, word in enumerate(words)]
@@ -131,6 +135,8 @@ class ScriptedTurn:
         return deltas or [{"content": ""}]
 
     def message(self, turn_number: int) -> dict:
+        if self.raw_message is not None:
+            return dict(self.raw_message)
         message: dict[str, Any] = {"role": "assistant", "content": self.text or None, "refusal": None}
         if self.calls:
             message["tool_calls"] = [
@@ -249,7 +255,7 @@ class ChatHandler(_FakeHandler):
             deltas = [{"content": w} for w in _words(behaviour.words)]
         deltas[0] = {"role": "assistant", **deltas[0]}
         events = [json.dumps(_chunk(completion_id, created, model, d)) for d in deltas]
-        calls = scripted.calls if scripted is not None else behaviour.tool_call
+        calls = (scripted.calls or scripted.raw_deltas) if scripted is not None else behaviour.tool_call
         finish = "tool_calls" if calls else "stop"
         events.append(json.dumps(_chunk(completion_id, created, model, {}, finish)))
         if (body.get("stream_options") or {}).get("include_usage"):

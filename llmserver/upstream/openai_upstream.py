@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import aiohttp.http_exceptions
 import httpx2
 import openai
 
@@ -114,6 +115,21 @@ def upstream_error(exc: openai.APIError) -> UpstreamError:
     return UpstreamError(502, "The upstream LLM call failed.", code="upstream_error")
 
 
+# What the SDK's aiohttp transport lets through unwrapped when the upstream's HTTP itself is malformed: a bad status
+# line, a header too long or without a colon, a bad chunk size, stray bytes where the next response should start.
+MALFORMED_HTTP = (aiohttp.ClientResponseError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError)
+
+
+def malformed_http(exc: BaseException, relayed: int = 0) -> UpstreamError:
+    logger.warning("the upstream's HTTP is malformed: %s", str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
+    return UpstreamError(
+        502,
+        "The upstream LLM answered with malformed HTTP." if not relayed else "The upstream stream broke off.",
+        code="upstream_bad_response" if not relayed else "upstream_stream_broken",
+        retryable=not relayed,
+    )
+
+
 def parse_chunk(payload: bytes) -> dict[str, Any]:
     """One streamed payload as a JSON object; an error event or anything that is not a chunk is an UpstreamError."""
     try:
@@ -198,13 +214,23 @@ class OpenAIUpstream:
             return {"headers": {"Authorization": f"Bearer {api_key}"}}
         return {}
 
-    async def stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[UpstreamChunk]:
+    async def _post(self, path: str, body: dict[str, Any] | None, api_key: str | None) -> httpx2.Response:
+        """The upstream's response to a request, its body not read yet; every failure as an UpstreamError."""
         try:
-            response = await self._client.post(
-                "/chat/completions", body=body, cast_to=httpx2.Response, stream=True, options=self._options(api_key)
+            if body is None:
+                return await self._client.get(
+                    path, cast_to=httpx2.Response, stream=True, options=self._options(api_key)
+                )
+            return await self._client.post(
+                path, body=body, cast_to=httpx2.Response, stream=True, options=self._options(api_key)
             )
         except openai.APIError as exc:
             raise upstream_error(exc) from None
+        except MALFORMED_HTTP as exc:
+            raise malformed_http(exc) from None
+
+    async def stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[UpstreamChunk]:
+        response = await self._post("/chat/completions", body, api_key)
         if response.headers.get("content-type", "").startswith("application/json"):
             # An upstream that ignored `stream: true` (some proxies and local servers do): its completion, chunked.
             completion = await self._read_completion(response, "answered a streaming request with invalid JSON")
@@ -230,6 +256,8 @@ class OpenAIUpstream:
             raise UpstreamError(
                 504, "The upstream LLM stopped sending (read timeout).", code="upstream_timeout", retryable=not relayed
             ) from None
+        except MALFORMED_HTTP as exc:
+            raise malformed_http(exc, relayed) from None
         except httpx2.HTTPError as exc:
             logger.warning("upstream stream broke after %d chunk(s): %r", relayed, _causes(exc)[-1])
             raise UpstreamError(
@@ -251,7 +279,7 @@ class OpenAIUpstream:
             completion = json.loads(await response.aread())
         except httpx2.TimeoutException:
             raise UpstreamError(504, "The upstream LLM timed out.", code="upstream_timeout", retryable=True) from None
-        except (ValueError, httpx2.HTTPError):
+        except (ValueError, httpx2.HTTPError, *MALFORMED_HTTP):
             completion = None
         finally:
             await response.aclose()
@@ -260,21 +288,11 @@ class OpenAIUpstream:
         return completion
 
     async def complete(self, body: dict[str, Any], api_key: str | None) -> dict[str, Any]:
-        try:
-            response = await self._client.post(
-                "/chat/completions", body=body, cast_to=httpx2.Response, stream=True, options=self._options(api_key)
-            )
-        except openai.APIError as exc:
-            raise upstream_error(exc) from None
+        response = await self._post("/chat/completions", body, api_key)
         return await self._read_completion(response, "answered with invalid JSON")
 
     async def list_models(self, api_key: str | None) -> dict[str, Any]:
-        try:
-            response = await self._client.get(
-                "/models", cast_to=httpx2.Response, stream=True, options=self._options(api_key)
-            )
-        except openai.APIError as exc:
-            raise upstream_error(exc) from None
+        response = await self._post("/models", None, api_key)
         return await self._read_completion(response, "answered the model list with invalid JSON")
 
     async def aclose(self) -> None:

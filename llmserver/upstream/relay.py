@@ -321,10 +321,14 @@ class Relay:
             if isinstance(message.get("content"), str) and message["content"]:
                 text = "".join(texts)
                 texts.append(pass_separator(text, message["content"]) + message["content"])
+            calls = message.get("tool_calls") or []
+            if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
+                raise UpstreamError(
+                    502, "The upstream's message has tool calls that are not a list of objects.",
+                    code="upstream_bad_response",
+                )  # fmt: skip
             turn = tools.turn(body)
-            turn.delta_for_caller(
-                {"tool_calls": [{"index": i, **c} for i, c in enumerate(message.get("tool_calls") or [])]}
-            )
+            turn.delta_for_caller({"tool_calls": [{**call, "index": i} for i, call in enumerate(calls)]})
             exchange = await self._run_server_calls(tools, turn, last, message.get("content"), record)
             if exchange is not None:
                 messages += exchange

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..protocol.chat_request import tool_names
 from ..tools.registry import Tool, ToolCall, ToolOutcome, ToolRegistry
+from .protocol import UpstreamError
 
 ExchangeListener = Callable[[list[dict[str, Any]], list[ToolOutcome]], None]
 
@@ -92,7 +93,12 @@ class Turn:
         for part in delta.get("tool_calls") or []:
             if not isinstance(part, dict):
                 continue
-            index = part.get("index", 0)
+            index = part.get("index")
+            index = 0 if index is None else index  # upstreams that stream one call may leave it out
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise UpstreamError(
+                    502, "The upstream sent a tool call whose index is not a number.", code="upstream_bad_chunk"
+                )
             call = self.calls.setdefault(index, _Call(index))
             if isinstance(part.get("id"), str):
                 call.id = part["id"]

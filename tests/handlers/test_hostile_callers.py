@@ -155,3 +155,82 @@ async def test_a_conversation_is_reached_only_with_the_credential_that_made_it(
     assert [m["role"] for m in fake_upstream.last.body["messages"]].count("tool") == 0
     await stream(base_url, "/chat/completions", {"messages": follow_up, "user": "u1"}, alice)
     assert [m["role"] for m in fake_upstream.last.body["messages"]].count("tool") == 1
+
+
+# 13. 500s with a traceback. ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.parametrize(
+    "tools",
+    [
+        [{"type": "function", "function": {"name": ["not", "a", "string"]}}],
+        [{"type": "function", "function": {"name": {"an": "object"}}}],
+        [{"type": "function", "function": "get_weather"}],
+        ["get_weather"],
+    ],
+)
+@pytest.mark.gen_test
+async def test_a_callers_tool_with_a_name_that_is_not_a_string_is_a_400(http_server, base_url, fake_upstream, tools):
+    response = await post(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                                            "tools": tools})  # fmt: skip
+    assert response.code == 400, response.body  # was 500: unhashable type
+    assert json.loads(response.body)["error"]["param"].startswith("tools[0]")
+    assert not fake_upstream.requests
+
+
+BAD_HISTORIES = [
+    {"role": "assistant", "content": None, "tool_calls": "call_1"},
+    {"role": "assistant", "content": None, "tool_calls": [{"type": "function"}]},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": ["x"], "function": {"name": "f", "arguments": ""}}]},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "function": {"name": 3, "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": ["call_1"], "content": "18 degrees"},
+    {"role": "tool", "content": "no id"},
+]
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.parametrize("odd", BAD_HISTORIES)
+@pytest.mark.gen_test(timeout=60)
+async def test_a_remembered_conversation_sent_a_malformed_history_is_a_400(
+    http_server, base_url, fake_upstream, services, odd
+):
+    fake_upstream.script = [ScriptedTurn("Checking.", [("current_time", {"timezone": "UTC"})])]
+    first = [{"role": "user", "content": "What time is it?"}]
+    await stream(base_url, "/chat/completions", {"messages": first, "user": "u1"})
+    assert services.memory.conversations()  # remembered: the next turn is spliced
+    requests = len(fake_upstream.requests)
+    messages = [*first, odd, {"role": "user", "content": "Again?"}]
+    response = await post(base_url, "/chat/completions", {"messages": messages, "user": "u1"})
+    assert response.code == 400, response.body  # was 500 when the memory spliced it
+    assert json.loads(response.body)["error"]["param"].startswith("messages[1]")
+    assert len(fake_upstream.requests) == requests
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.parametrize("index", [[0], {"i": 0}, "0", True, None])
+@pytest.mark.gen_test(timeout=60)
+async def test_upstream_tool_call_deltas_with_an_odd_index_are_a_502_not_a_500(
+    http_server, base_url, fake_upstream, index
+):
+    head = {"index": index, "id": "call_x", "type": "function", "function": {"name": "current_time", "arguments": ""}}
+    fake_upstream.script = [ScriptedTurn(raw_deltas=[{"tool_calls": [head]}])]
+    result = await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Time?"}]})
+    if index is None:  # OpenAI's own default: the first call
+        assert result.response.code == 200 and result.events[-1] == "[DONE]"
+        return
+    assert result.response.code == 502, result.raw
+    assert json.loads(result.response.body)["error"]["code"] == "upstream_bad_chunk"
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.parametrize("calls", ["call_1", ["call_1"], [None], {"id": "call_1"}])
+@pytest.mark.gen_test(timeout=60)
+async def test_a_non_streamed_upstream_message_with_odd_tool_calls_is_a_502(
+    http_server, base_url, fake_upstream, calls
+):
+    message = {"role": "assistant", "content": None, "tool_calls": calls}
+    fake_upstream.script = [ScriptedTurn(raw_message=message)]
+    response = await post(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Time?"}]})
+    assert response.code == 502, response.body
+    assert json.loads(response.body)["error"]["code"] == "upstream_bad_response"
