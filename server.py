@@ -6,18 +6,22 @@ Run `python server.py --help` for the settings; the README explains them.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
+import math
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jinja2
 import tornado.httpserver
 import tornado.httputil
+import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
@@ -65,8 +69,80 @@ def make_app(services: Services) -> tornado.web.Application:
     )
 
 
+class Listener(tornado.httpserver.HTTPServer):
+    """Tornado's HTTP server, with an accept loop that survives running out of file descriptors: Tornado's raises
+    on every readiness event, which logged a traceback per pending connection (64,314 within seconds at the
+    descriptor limit). Here the socket is left alone for a moment and the condition logged at most every 10 s;
+    the connections wait in the kernel's backlog meanwhile."""
+
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = self._accept_from(sock)
+
+    def _accept_from(self, sock: socket.socket) -> Callable[[], None]:
+        loop = tornado.ioloop.IOLoop.current()
+        state = {"listening": True, "removed": False, "refused": 0, "logged_at": -math.inf}
+
+        def resume() -> None:
+            if not state["removed"] and not state["listening"]:
+                state["listening"] = True
+                loop.add_handler(sock, accept, tornado.ioloop.IOLoop.READ)
+
+        def accept(fd: Any, events: int) -> None:
+            for _ in range(ACCEPTS_PER_EVENT):
+                if state["removed"]:
+                    return
+                try:
+                    connection, address = sock.accept()
+                except BlockingIOError:
+                    return
+                except ConnectionAbortedError:
+                    continue
+                except OSError as exc:
+                    if exc.errno not in RESOURCE_ERRORS:
+                        raise
+                    state["refused"] += 1
+                    now = time.monotonic()
+                    if now - state["logged_at"] >= ACCEPT_LOG_SECONDS:
+                        logger.warning(
+                            "cannot accept connections: %s (%d time(s) since the last report); raise the open-files "
+                            "limit (ulimit -n) or lower MAX_STREAMS",
+                            exc.strerror,
+                            state["refused"],
+                        )
+                        state["logged_at"], state["refused"] = now, 0
+                    state["listening"] = False
+                    loop.remove_handler(sock)
+                    loop.call_later(ACCEPT_PAUSE_SECONDS, resume)
+                    return
+                self._handle_connection(connection, address)
+
+        def remove() -> None:
+            state["removed"] = True
+            if state["listening"]:
+                loop.remove_handler(sock)
+
+        loop.add_handler(sock, accept, tornado.ioloop.IOLoop.READ)
+        return remove
+
+
+ACCEPTS_PER_EVENT = 128
+ACCEPT_PAUSE_SECONDS = 0.1
+ACCEPT_LOG_SECONDS = 10.0
+RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
 def make_http_server(app: tornado.web.Application) -> tornado.httpserver.HTTPServer:
-    return tornado.httpserver.HTTPServer(app, max_body_size=TORNADO_BODY_LIMIT)
+    settings = app.settings["services"].settings
+    return Listener(
+        app,
+        max_body_size=TORNADO_BODY_LIMIT,
+        # Headers must arrive (and a kept-alive connection send its next request) within idle_timeout, a body within
+        # body_timeout: a socket that sends part of a request and then nothing gives its place back.
+        idle_connection_timeout=settings.idle_timeout,
+        body_timeout=settings.body_timeout,
+    )
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:

@@ -198,6 +198,18 @@ class Settings:
         parse=_networks,
     )
     max_body_bytes: int = setting(1024 * 1024, "request body limit", env="MAX_BODY_BYTES", parse=_COUNT)
+    idle_timeout: float = setting(
+        60.0,
+        "seconds a connection may wait for its next request's headers (a kept-alive one, or one sending them slowly)",
+        env="IDLE_TIMEOUT",
+        parse=_SECONDS,
+    )
+    body_timeout: float = setting(
+        30.0,
+        "seconds a request's body may take to arrive; past it the connection closes and its MAX_STREAMS place is free",
+        env="BODY_TIMEOUT",
+        parse=_SECONDS,
+    )
     connect_timeout: float = setting(5.0, "seconds to connect to the upstream", env="CONNECT_TIMEOUT", parse=_SECONDS)
     first_token_timeout: float = setting(
         30.0, "seconds from a stream's request to its first chunk", env="FIRST_TOKEN_TIMEOUT", parse=_SECONDS

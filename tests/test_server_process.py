@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -14,9 +15,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from tests.audio_files import encode, tone
-from tests.client import parse_sse, stream
+from tests.client import eventually, parse_sse, stream
 from tests.conftest import files_in
 from tests.handlers.admin_client import bearer
 
@@ -219,3 +221,46 @@ async def test_the_history_and_the_admin_sign_in_survive_a_restart(tmp_path, io_
         assert [r["last_user_message"] for r in records] == ["remember me"]
         process.terminate()
         await process.wait()
+
+
+def _open_files_limit(limit: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_running_out_of_file_descriptors_is_reported_not_a_traceback_storm(tmp_path, io_loop):
+    # At the descriptor limit Tornado's accept loop raised on every readiness event: 64,314 tracebacks in seconds.
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, os.path.join(ROOT, "server.py"), "--port", "0", "--data-dir", str(tmp_path / "data"),
+        "--embeddings", "none",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=environment, cwd=ROOT,
+        preexec_fn=_open_files_limit(96),
+    )  # fmt: skip
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        url = line.split("listening on ")[1].split()[0]
+        port = int(url.rsplit(":", 1)[1])
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(200)]  # more than it may open
+        seen = b""
+        while b"cannot accept connections" not in seen:
+            seen += await asyncio.wait_for(process.stderr.readline(), 30)
+        await asyncio.sleep(1.0)  # a window in which a storm would show: the loop keeps being woken
+        for _, writer in held:
+            writer.close()
+        client = AsyncHTTPClient()
+        await eventually(lambda: _healthy(client, url), timeout=30, what="serving again once connections closed")
+    finally:
+        process.terminate()
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    log = (seen + stderr).decode()
+    assert "Traceback" not in log
+    assert log.count("Too many open files") <= 2, log[:2000]
+
+
+async def _healthy(client: AsyncHTTPClient, url: str) -> bool:
+    response = await client.fetch(url + "/healthz", raise_error=False, request_timeout=5)
+    return response.code == 200

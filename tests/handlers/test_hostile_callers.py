@@ -12,7 +12,7 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.client import post, stream
+from tests.client import eventually, post, stream
 from tests.fake_upstream import ScriptedTurn
 from tests.handlers.admin_client import bearer
 
@@ -234,3 +234,39 @@ async def test_a_non_streamed_upstream_message_with_odd_tool_calls_is_a_502(
     response = await post(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Time?"}]})
     assert response.code == 502, response.body
     assert json.loads(response.body)["error"]["code"] == "upstream_bad_response"
+
+
+# 10. Idle sockets took the service down. ----------------------------------------------------------------------------
+
+
+async def half_sent(base_url: str, body_too: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that sends its headers (and part of its body, or part of its headers) and then nothing."""
+    port = int(base_url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "POST /chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+    writer.write((head + "\r\n" + '{"messages": [').encode() if body_too else head.encode())
+    await writer.drain()
+    return reader, writer
+
+
+@pytest.mark.settings(max_streams=3, body_timeout=0.5, idle_timeout=0.5)
+@pytest.mark.gen_test(timeout=60)
+async def test_requests_whose_body_never_arrives_give_their_place_back(http_server, base_url, fake_upstream, services):
+    stalled = [await half_sent(base_url, body_too=True) for _ in range(3)]
+    await eventually(lambda: services.request_log.in_flight == 3, what="the stalled requests hold every place")
+    refused = await post(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})
+    assert refused.code == 503  # before: forever
+    await eventually(lambda: services.request_log.in_flight == 0, what="the places given back at the body timeout")
+    served = await post(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})
+    assert served.code == 200
+    assert [r["outcome"] for r in services.request_log.recent()].count("cancelled") == 3
+    for _, writer in stalled:
+        writer.close()
+
+
+@pytest.mark.settings(idle_timeout=0.5)
+@pytest.mark.gen_test(timeout=60)
+async def test_half_sent_headers_time_out(http_server, base_url):
+    reader, writer = await half_sent(base_url, body_too=False)
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server (before: never)
+    writer.close()
