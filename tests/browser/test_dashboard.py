@@ -9,12 +9,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import openai
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from tests.audio_files import encode, tone
 from tests.conftest import ROOT
@@ -32,12 +35,14 @@ CHROMIUM_FLAGS = [
 
 
 @contextlib.contextmanager
-def server_process(folder: Path, port: int = 0) -> Iterator[str]:
-    """`python server.py` in offline mode on the data in `folder`; yields its URL."""
+def server_process(folder: Path, port: int = 0, settings: Mapping[str, str] = MappingProxyType({})) -> Iterator[str]:
+    """`python server.py` in offline mode on the data in `folder`, with `settings` (environment variables) too;
+    yields its URL."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
     environment.update(
         ADMIN_TOKEN=ADMIN_TOKEN, COOKIE_SECRET="browser-tests", OFFLINE_WORD_DELAY="0", AUDIO_PACE="burst"
     )
+    environment.update(settings)
     arguments = ["--port", str(port), "--data-dir", str(folder / "data")]
     process = subprocess.Popen(
         [sys.executable, "server.py", *arguments],
@@ -433,3 +438,52 @@ def test_the_history_tab_pages_filters_and_opens_a_request(page: Page, server_ur
     expect(detail.locator("[data-part=reply]")).to_contain_text("From the knowledge base")
     expect(detail.locator("[data-part=timings]")).to_contain_text("First chunk")
     page.screenshot(path=str(ARTIFACTS / "history.png"))
+
+
+def post_chat(server_url: str, messages: list[dict], request_id: str) -> int:
+    """A non-streamed chat request with our own request id (the history finds it by it); returns the status."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": messages}).encode()
+    request = urllib.request.Request(
+        f"{server_url}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json", "X-Request-Id": request_id},
+    )
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code
+
+
+def open_in_history(page: Page, request_id: str) -> Locator:
+    """Finds the request in the History tab by its id, opens it; returns its messages part."""
+    page.click("#tab-history")
+    page.fill("#history-filters [name=q]", request_id)
+    page.click("#history-filters button[type=submit]")
+    expect(page.locator("#history-rows tr")).to_have_count(1)
+    page.locator("#history-rows tr").click()
+    expect(page.locator("#history-detail-title")).to_be_visible()
+    return page.locator("#history-detail-body [data-part=messages]")
+
+
+def test_a_request_without_messages_is_not_said_to_be_unlogged(page: Page, server_url: str):
+    assert post_chat(server_url, [], "req_no_messages") == 400
+    messages = open_in_history(page, "req_no_messages")
+    expect(messages).to_contain_text("No messages")
+    expect(messages).not_to_contain_text("LOG_USER_TEXT")  # the server logs text (truncated, by default)
+    expect(page.locator("#history-detail-body [data-part=reply]")).to_have_text("ReplyNo text.")
+
+
+def test_with_log_user_text_none_the_history_says_why_the_messages_are_missing(browser: Browser, tmp_path):
+    context = browser.new_context()
+    page = context.new_page()
+    with server_process(tmp_path, settings={"LOG_USER_TEXT": "none"}) as url:
+        page.goto(f"{url}/admin?token={ADMIN_TOKEN}")
+        question = [{"role": "user", "content": "A question the log must not keep"}]
+        assert post_chat(url, question, "req_text_unlogged") == 200
+        messages = open_in_history(page, "req_text_unlogged")
+        expect(messages).to_contain_text("Not logged (LOG_USER_TEXT was none")
+        expect(page.locator("#history-detail-body [data-part=reply]")).to_contain_text("LOG_USER_TEXT was none")
+        expect(page.locator("#history-detail-body")).not_to_contain_text("A question the log must not keep")
+    context.close()
