@@ -23,6 +23,7 @@ from .base import ApiHandler
 T = TypeVar("T")
 ADMIN_JSON_BYTES = 64 * 1024 * 1024  # a whole knowledge.json can be imported
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+MAX_SHOWN_PASSAGES = 10_000  # the retrieval test's `k`; the candidates are far fewer anyway
 
 
 class AdminApiHandler(AdminAccess, ApiHandler):
@@ -94,7 +95,7 @@ class KnowledgePassagesHandler(AdminApiHandler):
 
 class RetrievalTestHandler(AdminApiHandler):
     """What the RAG endpoint would inject: for a question (GET ?q=...), or for a conversation (POST {"messages"}),
-    with every candidate's scores and why it was or was not injected."""
+    with every candidate's scores and why it was or was not injected; `?k=` shows only the best k candidates."""
 
     async def get(self) -> None:
         await self._answer(single_query(self.get_query_argument("q", "")))
@@ -106,7 +107,17 @@ class RetrievalTestHandler(AdminApiHandler):
             raise ApiError(400, "'messages' must be a non-empty list, as in a chat request.", param="messages")
         await self._answer(conversation_query(messages))
 
+    def _shown_count(self) -> int | None:
+        value = self.get_query_argument("k", "")
+        if not value:
+            return None
+        # The length first: int() refuses (ValueError) a text of thousands of digits.
+        if not (value.isascii() and value.isdigit() and len(value) <= 5 and 1 <= int(value) <= MAX_SHOWN_PASSAGES):
+            raise ApiError(400, f"'k' must be a whole number of passages from 1 to {MAX_SHOWN_PASSAGES}.", param="k")
+        return int(value)
+
     async def _answer(self, query: RetrievalQuery) -> None:
+        shown = self._shown_count()  # checked before the work
         result = await self.services.retriever.retrieve(query)
         self.write_json(
             {
@@ -115,7 +126,8 @@ class RetrievalTestHandler(AdminApiHandler):
                 "ms": result.ms,
                 "budget": result.budget,
                 "injected_chars": result.injected_chars,
-                "passages": [item.to_dict() for item in result.ranked],
+                # The choice of what to inject is made on every candidate: `k` only cuts what is shown.
+                "passages": [item.to_dict() for item in result.ranked[:shown]],
             }
         )
 

@@ -13,6 +13,7 @@ const detail = document.getElementById("history-detail");
 const detailBody = document.getElementById("history-detail-body");
 let before = null; // the cursor of the next (older) page
 let selectedKey = null;
+let search = 0; // counts the searches: a page that arrives after a newer search began is dropped
 
 function seconds(localValue) {
   return localValue ? String(new Date(localValue).getTime() / 1000) : "";
@@ -50,18 +51,21 @@ function rowFor(record) {
 
 async function loadPage(reset) {
   if (reset) {
+    search += 1;
     before = null;
     rows.replaceChildren();
   }
+  const thisSearch = search;
   show(message, "");
   try {
     const page = await api("GET", `/admin/api/history?${query()}`);
+    if (thisSearch !== search) return; // opening the tab and searching at once would list the records twice
     for (const record of page.records) rows.appendChild(rowFor(record));
     if (!rows.children.length) rows.appendChild(emptyRow("No requests in the history match these filters.", 9));
     before = page.before;
     olderButton.hidden = page.before === null;
   } catch (error) {
-    show(message, `Could not read the history: ${error.message}`);
+    if (thisSearch === search) show(message, `Could not read the history: ${error.message}`);
   }
 }
 
@@ -96,6 +100,15 @@ function messageItem(logged) {
   return item;
 }
 
+const UNLOGGED = "Not logged (LOG_USER_TEXT was none when this request was served).";
+
+// The server keeps the last messages of every request it read unless LOG_USER_TEXT is none, so the record itself
+// says whether its text was logged, under the setting of the process that served it (with workers, or after a
+// restart, not necessarily that of the process answering this page).
+function textWasNotLogged(record) {
+  return record.messages > 0 && !(record.messages_logged || []).length;
+}
+
 function renderRecord(record) {
   const parts = [];
   parts.push(section("Request", definitions([
@@ -110,9 +123,12 @@ function renderRecord(record) {
     ["Turn", record.turn_id === null ? "" : JSON.stringify(record.turn_id)],
   ])));
   const logged = record.messages_logged || [];
+  const textUnlogged = textWasNotLogged(record);
   parts.push(section(
-    `Messages (${record.messages}${logged.length < record.messages ? `, the last ${logged.length} logged` : ""})`,
-    logged.length ? numbered(logged, messageItem) : element("p", "Not logged (LOG_USER_TEXT=none).", "hint"),
+    `Messages (${record.messages}${logged.length && logged.length < record.messages ? `, the last ${logged.length} logged` : ""})`,
+    logged.length
+      ? numbered(logged, messageItem)
+      : element("p", textUnlogged ? UNLOGGED : "No messages: the request had none, or was refused before they were read.", "hint"),
   ));
   const retrieval = record.retrieval;
   if (retrieval) {
@@ -146,7 +162,9 @@ function renderRecord(record) {
       ["Duration", `${record.audio.duration} s`],
     ])));
   }
-  parts.push(section("Reply", record.reply ? element("pre", record.reply) : element("p", "Not logged, or no text.", "hint")));
+  parts.push(section("Reply", record.reply
+    ? element("pre", record.reply)
+    : element("p", textUnlogged ? UNLOGGED : "No text.", "hint")));
   parts.push(section("Timings", definitions([
     ["First chunk", ms(record.first_chunk_ms)],
     ["Upstream called", ms(record.upstream_called_ms)],

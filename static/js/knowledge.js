@@ -128,18 +128,23 @@ function semanticCell(signals) {
   return signals.cosine === null ? "—" : `${signals.cosine} · ${signals.margin}σ`;
 }
 
-function hitRow(hit) {
-  const row = element("tr", null, hit.injected ? "injected" : "");
+// Two rows a passage: its title and text across the card, then its scores and verdict. Five columns side by side do
+// not fit the side column the test sits in.
+function hitRows(hit) {
+  const className = hit.injected ? "injected" : "";
+  const passageRow = element("tr", null, `passage ${className}`);
   const passage = element("td");
+  passage.colSpan = 4;
   passage.appendChild(element("strong", `${hit.title || hit.doc_id} (${hit.id})`));
   passage.appendChild(element("p", hit.text.length > 240 ? `${hit.text.slice(0, 240)}…` : hit.text));
-  row.appendChild(passage);
+  passageRow.appendChild(passage);
+  const scoresRow = element("tr", null, `scores ${className}`);
   const withHistory = hit.history ? "\nwith the history: " : "";
-  row.appendChild(element("td", lexicalCell(hit.last) + (hit.history ? withHistory + lexicalCell(hit.history) : ""), "score"));
-  row.appendChild(element("td", semanticCell(hit.last) + (hit.history ? withHistory + semanticCell(hit.history) : ""), "score"));
-  row.appendChild(element("td", hit.relevance, "score"));
-  row.appendChild(element("td", hit.injected ? "yes" : hit.reason, hit.injected ? "" : "reason"));
-  return row;
+  scoresRow.appendChild(element("td", lexicalCell(hit.last) + (hit.history ? withHistory + lexicalCell(hit.history) : ""), "score"));
+  scoresRow.appendChild(element("td", semanticCell(hit.last) + (hit.history ? withHistory + semanticCell(hit.history) : ""), "score"));
+  scoresRow.appendChild(element("td", hit.relevance, "score"));
+  scoresRow.appendChild(element("td", hit.injected ? "yes" : hit.reason, hit.injected ? "" : "reason"));
+  return [passageRow, scoresRow];
 }
 
 async function testRetrieval(event) {
@@ -166,7 +171,7 @@ async function testRetrieval(event) {
     show(summary, `Query used: ${used} (${how}, ${result.ms} ms). ` + (injected.length
       ? `Injected: ${injected.map((hit) => hit.id).join(", ")} — ${result.injected_chars} of ${result.budget} characters.`
       : "Nothing injected: the request goes on unchanged."));
-    document.getElementById("kb-hit-rows").replaceChildren(...result.passages.map(hitRow));
+    document.getElementById("kb-hit-rows").replaceChildren(...result.passages.flatMap(hitRows));
     table.hidden = !result.passages.length;
   } catch (error) {
     show(summary, error.message);

@@ -9,12 +9,15 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import openai
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from tests.audio_files import encode, tone
 from tests.conftest import ROOT
@@ -32,12 +35,14 @@ CHROMIUM_FLAGS = [
 
 
 @contextlib.contextmanager
-def server_process(folder: Path, port: int = 0) -> Iterator[str]:
-    """`python server.py` in offline mode on the data in `folder`; yields its URL."""
+def server_process(folder: Path, port: int = 0, settings: Mapping[str, str] = MappingProxyType({})) -> Iterator[str]:
+    """`python server.py` in offline mode on the data in `folder`, with `settings` (environment variables) too;
+    yields its URL."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
     environment.update(
         ADMIN_TOKEN=ADMIN_TOKEN, COOKIE_SECRET="browser-tests", OFFLINE_WORD_DELAY="0", AUDIO_PACE="burst"
     )
+    environment.update(settings)
     arguments = ["--port", str(port), "--data-dir", str(folder / "data")]
     process = subprocess.Popen(
         [sys.executable, "server.py", *arguments],
@@ -250,6 +255,97 @@ def test_uploading_a_wav_changes_what_the_audio_endpoint_streams(page: Page, ser
     expect(page.locator("#audio-error")).to_contain_text("clip name")
 
 
+# What overflows a tab's panel, as the browser laid it out: the page scrolling sideways, an element ending past the
+# panel (or past the horizontal scroller it sits in), a table running past its container (under the next column),
+# and a control in a table that a click at its centre would not reach.
+LAYOUT_PROBLEMS = """(panelId) => {
+  const panel = document.getElementById(panelId);
+  const limit = panel.getBoundingClientRect().right + 0.5;
+  const name = (node) => node.id ? `#${node.id}` : `${node.tagName.toLowerCase()}.${node.className || "-"}`;
+  const where = (node) => { const row = node.closest("tr"); return row && (row.dataset.id || row.dataset.name); };
+  const scrollsSideways = (node) => ["auto", "scroll"].includes(getComputedStyle(node).overflowX);
+  const rendered = (node) => node.getClientRects().length > 0;
+  const problems = [];
+  const page = document.documentElement;
+  if (page.scrollWidth > page.clientWidth) problems.push(`the page is ${page.scrollWidth} px wide`);
+  for (const node of panel.querySelectorAll("*")) {
+    if (!rendered(node)) continue;
+    let right = node.getBoundingClientRect().right;
+    for (let up = node.parentElement; up !== panel; up = up.parentElement) {
+      if (scrollsSideways(up)) right = Math.min(right, up.getBoundingClientRect().right);
+    }
+    if (right > limit) problems.push(`${name(node)} ends at ${Math.round(right)} px, past the panel`);
+  }
+  for (const table of panel.querySelectorAll("table")) {
+    const container = table.parentElement;
+    if (!rendered(table) || scrollsSideways(container)) continue;
+    const over = table.getBoundingClientRect().right - container.getBoundingClientRect().right;
+    if (over > 0.5) problems.push(`${name(table)} runs ${Math.round(over)} px past ${name(container)}`);
+  }
+  for (const control of panel.querySelectorAll("table button, table input, table summary, table audio")) {
+    if (!rendered(control)) continue;
+    control.scrollIntoView({ block: "center", inline: "nearest" });
+    const box = control.getBoundingClientRect();
+    const hit = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
+    if (!hit || !control.contains(hit)) {
+      const what = control.textContent || name(control);
+      problems.push(`${what} of ${where(control)} is under ${hit ? name(hit) : "nothing"}`);
+    }
+  }
+  window.scrollTo(0, 0);
+  return problems;
+}"""
+
+
+def assert_fits(page: Page, panel: str) -> None:
+    assert page.evaluate(LAYOUT_PROBLEMS, panel) == [], panel
+
+
+@pytest.mark.parametrize("width", [1024, 1280, 1920])
+def test_every_tab_fits_its_panel(browser: Browser, server_url: str, width: int):
+    context = browser.new_context(viewport={"width": width, "height": 800})
+    page = context.new_page()
+    page.goto(f"{server_url}/admin?token={ADMIN_TOKEN}")
+    expect(page.locator("#socket-state")).to_have_text("live")
+    question = f"How do I connect this server to Agora? ({width} px)"
+    ask(server_url, "rag", question)
+    ask(server_url, "chat", f"Tell me the time in Paris ({width} px)")  # a tool call in the log
+    stream_chunks(server_url, "audio", "Play the greeting")
+    page.locator("#log-rows tr", has_text=question).click()  # its record beside the table
+    expect(page.locator("#log-detail")).to_be_visible()
+    assert_fits(page, "panel-log")
+
+    page.click("#tab-knowledge")
+    page.click("#kb-rows tr[data-id=connect-agora] button:has-text('Passages')")
+    expect(page.locator("#kb-passage-list li").first).to_contain_text("connect-agora#1")
+    page.click("#kb-rows tr[data-id=connect-agora] button:has-text('Edit')")
+    expect(page.locator("#kb-form [name=content]")).to_be_focused()  # typing elsewhere before would land there
+    page.fill("#kb-test [name=q]", "How do I connect this server to Agora?")
+    page.click("#kb-test button[type=submit]")
+    expect(page.locator("#kb-hit-rows tr.injected").first).to_contain_text("connect-agora#1")
+    expect(page.locator("#kb-hit-rows tr", has_text="relevance below").first).to_be_visible()
+    assert_fits(page, "panel-knowledge")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"knowledge-{width}.png"), full_page=True)
+
+    page.click("#tab-audio")
+    expect(page.locator("#clip-rows tr[data-name=file]")).to_be_visible()
+    assert_fits(page, "panel-audio")
+
+    page.click("#tab-tools")
+    page.select_option("#tool-try-name", "current_time")
+    page.fill("#tool-try [name=arguments]", '{"timezone": "Asia/Tokyo"}')
+    page.click("#tool-try button[type=submit]")
+    expect(page.locator("#tool-try-result")).to_contain_text("Asia/Tokyo")
+    assert_fits(page, "panel-tools")
+
+    page.click("#tab-history")
+    page.locator("#history-rows tr", has_text=question).click()
+    expect(page.locator("#history-detail-body [data-part=timings]")).to_be_visible()
+    assert_fits(page, "panel-history")
+    context.close()
+
+
 def test_dashboard_screenshot(page: Page, server_url: str):
     questions = (
         "How do I connect this server to Agora?",
@@ -342,3 +438,52 @@ def test_the_history_tab_pages_filters_and_opens_a_request(page: Page, server_ur
     expect(detail.locator("[data-part=reply]")).to_contain_text("From the knowledge base")
     expect(detail.locator("[data-part=timings]")).to_contain_text("First chunk")
     page.screenshot(path=str(ARTIFACTS / "history.png"))
+
+
+def post_chat(server_url: str, messages: list[dict], request_id: str) -> int:
+    """A non-streamed chat request with our own request id (the history finds it by it); returns the status."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": messages}).encode()
+    request = urllib.request.Request(
+        f"{server_url}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json", "X-Request-Id": request_id},
+    )
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code
+
+
+def open_in_history(page: Page, request_id: str) -> Locator:
+    """Finds the request in the History tab by its id, opens it; returns its messages part."""
+    page.click("#tab-history")
+    page.fill("#history-filters [name=q]", request_id)
+    page.click("#history-filters button[type=submit]")
+    expect(page.locator("#history-rows tr")).to_have_count(1)
+    page.locator("#history-rows tr").click()
+    expect(page.locator("#history-detail-title")).to_be_visible()
+    return page.locator("#history-detail-body [data-part=messages]")
+
+
+def test_a_request_without_messages_is_not_said_to_be_unlogged(page: Page, server_url: str):
+    assert post_chat(server_url, [], "req_no_messages") == 400
+    messages = open_in_history(page, "req_no_messages")
+    expect(messages).to_contain_text("No messages")
+    expect(messages).not_to_contain_text("LOG_USER_TEXT")  # the server logs text (truncated, by default)
+    expect(page.locator("#history-detail-body [data-part=reply]")).to_have_text("ReplyNo text.")
+
+
+def test_with_log_user_text_none_the_history_says_why_the_messages_are_missing(browser: Browser, tmp_path):
+    context = browser.new_context()
+    page = context.new_page()
+    with server_process(tmp_path, settings={"LOG_USER_TEXT": "none"}) as url:
+        page.goto(f"{url}/admin?token={ADMIN_TOKEN}")
+        question = [{"role": "user", "content": "A question the log must not keep"}]
+        assert post_chat(url, question, "req_text_unlogged") == 200
+        messages = open_in_history(page, "req_text_unlogged")
+        expect(messages).to_contain_text("Not logged (LOG_USER_TEXT was none")
+        expect(page.locator("#history-detail-body [data-part=reply]")).to_contain_text("LOG_USER_TEXT was none")
+        expect(page.locator("#history-detail-body")).not_to_contain_text("A question the log must not keep")
+    context.close()

@@ -145,6 +145,34 @@ async def test_knowledge_crud_with_versions_and_conflicts(http_server, base_url,
 
 
 @pytest.mark.gen_test
+async def test_the_retrieval_test_returns_the_best_k_passages(http_server, base_url, services):
+    admin = bearer(base_url, services.admin_token)
+    question = "/admin/api/retrieval?q=How+do+I+connect+this+server+to+Agora"
+    every = json.loads((await admin.fetch("GET", question)).body)
+    assert len(every["passages"]) > 3
+    best_two = json.loads((await admin.fetch("GET", question + "&k=2")).body)
+    assert best_two["passages"] == every["passages"][:2]
+    # Only what is shown is cut: what would be injected is the same.
+    assert best_two["injected_chars"] == every["injected_chars"] and best_two["budget"] == every["budget"]
+    conversation = {"messages": [{"role": "user", "content": "How do I connect this server to Agora?"}]}
+    posted = json.loads((await admin.fetch("POST", "/admin/api/retrieval?k=1", conversation)).body)
+    assert [p["id"] for p in posted["passages"]] == [every["passages"][0]["id"]]
+    many = json.loads((await admin.fetch("GET", question + "&k=1000")).body)
+    assert len(many["passages"]) == len(every["passages"])
+
+
+BAD_K = ["0", "-1", "two", "1.5", "1e3", "١", "10001", pytest.param("9" * 5000, id="5000-digits")]
+
+
+@pytest.mark.parametrize("k", BAD_K)
+@pytest.mark.gen_test
+async def test_a_bad_k_is_refused(http_server, base_url, services, k):
+    response = await bearer(base_url, services.admin_token).fetch("GET", f"/admin/api/retrieval?q=agora&k={k}")
+    assert response.code == 400
+    assert json.loads(response.body)["error"]["param"] == "k"
+
+
+@pytest.mark.gen_test
 async def test_export_and_import(http_server, base_url, services):
     admin = bearer(base_url, services.admin_token)
     exported = await admin.fetch("GET", "/admin/api/knowledge.json")
