@@ -1,5 +1,6 @@
 """GET /v1/models (LiveKit prewarms with `GET {base_url}/models`, so each endpoint's base URL has one), and the
-operations routes: GET/HEAD /healthz (alive), /readyz (ready to answer as configured), /metrics (Prometheus)."""
+operations routes: GET/HEAD /healthz (alive), /readyz (ready to answer as configured), /metrics (Prometheus), and
+GET /ping, which Agora's own samples and test scripts call."""
 
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ class HealthHandler(ApiHandler):
     head = get  # Tornado sends GET's headers, Content-Length included, and no body
 
 
+class PingHandler(ApiHandler):
+    """Agora's Go sample answers `GET /ping` with `{"message": "pong"}`; its test scripts check it first."""
+
+    def get(self) -> None:
+        self.write_json({"message": "pong"})
+
+    head = get
+
+
 class ReadyHandler(ApiHandler):
     """Ready: the knowledge base is loaded, the embedding model (if any) is ready, Redis (if any) is reachable.
     503 until then, so a load balancer sends no traffic to a process that would answer less well."""
@@ -61,6 +71,7 @@ default_handlers = [
     (r"/(?:v1/)?(?:rag/)?models", ModelsHandler),
     (r"/(?:v1/)?audio/models", AudioModelsHandler),
     (r"/healthz", HealthHandler),
+    (r"/ping", PingHandler),
     (r"/readyz", ReadyHandler),
     (r"/metrics", MetricsHandler),
 ]

@@ -10,7 +10,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from llmserver.request_log import RequestRecord
-from tests.client import stream
+from tests.client import eventually, stream
 from tests.handlers.admin_client import sign_in_with_cookie
 
 
@@ -86,8 +86,9 @@ async def test_at_most_200_recent_records_are_sent(http_server, base_url, servic
 
 @pytest.mark.gen_test
 async def test_a_burst_larger_than_the_queue_is_dropped_and_reported(http_server, base_url, services):
+    before = services.request_log.subscriber_count
     connection = await connect(base_url, {"Authorization": f"Bearer {services.admin_token}"})
-    await asyncio.sleep(0.05)
+    await eventually(lambda: services.request_log.subscriber_count > before, what="the socket subscribed")
     for n in range(2000):  # synchronously: the server never waits for the page
         record = RequestRecord(request_id=f"burst_{n}", endpoint="chat")
         services.request_log.in_flight += 1
@@ -111,8 +112,6 @@ async def test_a_burst_larger_than_the_queue_is_dropped_and_reported(http_server
 async def test_closing_the_socket_unsubscribes_it(http_server, base_url, services):
     before = services.request_log.subscriber_count
     connection = await connect(base_url, {"Authorization": f"Bearer {services.admin_token}"})
-    await asyncio.sleep(0.05)
-    assert services.request_log.subscriber_count == before + 1
+    await eventually(lambda: services.request_log.subscriber_count == before + 1, what="the socket subscribed")
     connection.close()
-    while services.request_log.subscriber_count != before:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: services.request_log.subscriber_count == before, what="subscriber count back to before")

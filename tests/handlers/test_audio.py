@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -11,7 +10,7 @@ import pytest
 
 from llmserver.audio.codec import CHUNK_PATTERN, SIMULATED_TRANSCRIPT, chunk_pcm
 from tests.audio_files import encode, tone
-from tests.client import RawClient, json_of, post, stream
+from tests.client import RawClient, eventually, json_of, post, stream
 
 ASK = {"messages": [{"role": "user", "content": "Say the recorded reply."}], "modalities": ["text", "audio"]}
 
@@ -121,8 +120,7 @@ async def test_a_disconnect_stops_sending_at_once(http_server, base_url, service
     await client.send("/audio/chat/completions", {**ASK, "stream": True})
     await client.read_until(b'"data":"')
     client.close()
-    while services.request_log.in_flight:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: services.request_log.in_flight == 0, what="every request finished")
     record = services.request_log.recent()[-1]
     assert record["outcome"] == "cancelled"
     total = len(chunk_pcm(services.audio_library.active_clip().pcm))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.client import RawClient, json_of, post, stream
+from tests.client import RawClient, eventually, json_of, post, stream
 from tests.conftest import SERVER_KEY
 
 USER = {"role": "user", "content": "Hello there"}
@@ -320,8 +320,7 @@ async def _leave_and_measure(base_url: str, fake_upstream, wait_marker: bytes | 
     if wait_marker:
         await client.read_until(wait_marker)
     else:
-        while not fake_upstream.requests:
-            await asyncio.sleep(0.005)
+        await eventually(lambda: fake_upstream.requests, what="the upstream got the request")
     # Give the server time to be really waiting on the upstream in this phase.
     await asyncio.sleep(0.05)
     left_at = time.perf_counter()
@@ -347,8 +346,7 @@ async def test_client_disconnect_cancels_the_upstream_call_within_100ms(
         setattr(fake_upstream.behaviour, name, value)
     delay = await _leave_and_measure(base_url, fake_upstream, marker)
     assert delay < 0.1, f"upstream closed {delay * 1000:.0f} ms after the client left ({phase})"
-    while services.request_log.in_flight:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: services.request_log.in_flight == 0, what="every request finished")
     record = services.request_log.recent()[-1]
     assert record["outcome"] == "cancelled"
 
@@ -432,11 +430,8 @@ async def test_clients_that_leave_while_sending_their_body_leave_nothing_behind(
         await asyncio.sleep(0.02)  # the server is now waiting for the rest of the body
         writer.close()
         await writer.wait_closed()
-    for _ in range(500):  # every handler task ends once its client has gone
-        if len(asyncio.all_tasks()) <= baseline:
-            break
-        await asyncio.sleep(0.01)
-    assert len(asyncio.all_tasks()) <= baseline
+    # Every handler task ends once its client has gone.
+    await eventually(lambda: len(asyncio.all_tasks()) <= baseline, what="the handlers' tasks ended")
     assert fake_upstream.requests == []
 
 

@@ -476,6 +476,12 @@ async def test_head_on_healthz(http_server, base_url):
     assert response.code == 200 and response.body == b""
 
 
+@pytest.mark.gen_test
+async def test_ping_answers_as_agoras_samples_do(http_server, base_url):
+    response = await AsyncHTTPClient().fetch(base_url + "/ping", raise_error=False)
+    assert response.code == 200 and json_of(response) == {"message": "pong"}
+
+
 @pytest.mark.parametrize(
     "headers,body",
     [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -39,8 +38,7 @@ async def test_past_max_streams_a_request_gets_an_immediate_503_with_retry_after
     held = [RawClient(base_url) for _ in range(2)]
     for client in held:
         await client.send("/chat/completions", {**CHAT, "stream": True})
-    while services.request_log.in_flight < 2:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: services.request_log.in_flight >= 2, what="2 requests in flight")
     refused = await post(base_url, "/chat/completions", {**CHAT, "stream": True})
     assert refused.code == 503 and refused.headers["Retry-After"] == "1"
     error = json_of(refused)["error"]
@@ -49,8 +47,7 @@ async def test_past_max_streams_a_request_gets_an_immediate_503_with_retry_after
     assert sample(await metrics_of(base_url), "llm_requests_rejected_total", endpoint="chat") == 1.0
     for client in held:
         client.close()
-    while services.request_log.in_flight:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: services.request_log.in_flight == 0, what="every request finished")
     fake_upstream.behaviour.hang = False
     assert (await stream(base_url, "/chat/completions", CHAT)).events[-1] == "[DONE]"  # room again
 

@@ -9,7 +9,7 @@ import pytest
 
 from llmserver.knowledge.context import WAITING_MESSAGE_ID
 from llmserver.settings import DEFAULT_WAITING_MESSAGES
-from tests.client import RawClient, json_of, post, stream
+from tests.client import RawClient, eventually, json_of, post, stream
 from tests.fake_upstream import ScriptedTurn
 
 QUESTION = {"role": "user", "content": "How do I connect this server to Agora?"}
@@ -39,11 +39,9 @@ async def test_waiting_message_leaves_before_the_upstream_is_called(http_server,
     await client.send("/rag/chat/completions", {"messages": [QUESTION], "stream": True})
     received = await asyncio.wait_for(client.read_until(b"\n\n"), 10)
     assert WAITING_MESSAGE_ID.encode() in received  # while the upstream has not answered at all
-    while not fake_upstream.requests:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: fake_upstream.requests, what="the upstream got the request")
     client.close()
-    while services.request_log.in_flight:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: services.request_log.in_flight == 0, what="every request finished")
     record = services.request_log.recent()[-1]
     # The server's own clock: the waiting message was written before the upstream call began.
     assert record["first_chunk_ms"] < record["upstream_called_ms"]
@@ -186,15 +184,13 @@ async def test_leaving_after_the_waiting_message_cancels_the_upstream_call(
     client = RawClient(base_url)
     await client.send("/rag/chat/completions", {"messages": [QUESTION], "stream": True})
     await client.read_until(WAITING_MESSAGE_ID.encode())
-    while not fake_upstream.requests:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: fake_upstream.requests, what="the upstream got the request")
     await asyncio.sleep(0.05)  # the server is now really waiting in this phase
     left_at = time.perf_counter()
     client.close()
     await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
     assert fake_upstream.last.closed_at - left_at < 0.1, phase
-    while services.request_log.in_flight:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: services.request_log.in_flight == 0, what="every request finished")
     assert services.request_log.recent()[-1]["outcome"] == "cancelled"
 
 
@@ -221,8 +217,7 @@ async def test_leaving_during_keep_alives_still_cancels_the_upstream(http_server
     client.close()
     await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
     assert fake_upstream.last.closed_at - left_at < 0.1
-    while services.request_log.in_flight:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: services.request_log.in_flight == 0, what="every request finished")
     assert services.request_log.recent()[-1]["outcome"] == "cancelled"
 
 

@@ -333,14 +333,12 @@ async def test_a_disconnect_while_a_tool_runs_cancels_it_and_the_upstream(
     client = RawClient(base_url)
     await client.send("/chat/completions", {"messages": [USER], "stream": True})
     await client.read_until(b"Hold")
-    while not hooks.received:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: hooks.received, what="the webhook got the call")
     left = time.perf_counter()
     client.close()
     await asyncio.wait_for(hooks.closed.wait(), 5)
     assert time.perf_counter() - left < 0.1  # the webhook request was aborted
-    while services.request_log.in_flight:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: services.request_log.in_flight == 0, what="every request finished")
     assert services.request_log.recent()[-1]["outcome"] == "cancelled"
     assert len(fake_upstream.requests) == 1  # no second pass
 
