@@ -5,12 +5,8 @@ conversation's tool exchanges."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +18,10 @@ import tornado.netutil
 import tornado.web
 
 from tests.client import RawClient, eventually, json_of, post, stream
-from tests.conftest import ROOT
 from tests.fake_upstream import ScriptedTurn
 from tests.handlers.admin_client import bearer
+from tests.mcp_server import STDIO_COMMAND, serving_http
+from tests.redis_server import free_port
 
 pytestmark = pytest.mark.settings(server_tools=("chat", "rag"))
 USER = {"role": "user", "content": "Book me a table for two tonight."}
@@ -347,29 +344,6 @@ async def test_a_disconnect_while_a_tool_runs_cancels_it_and_the_upstream(
 # MCP ----------------------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def mcp_server(port: int = 0) -> Iterator[int]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.mcp_server", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        yield int(process.stdout.readline())
-    finally:
-        process.terminate()
-        process.wait(10)
-        process.stdout.close()
-
-
 @pytest.mark.gen_test(timeout=90)
 async def test_mcp_tools_over_http_and_a_server_down_at_start_that_comes_back(
     settings, http_server, base_url, fake_upstream, services
@@ -380,10 +354,12 @@ async def test_mcp_tools_over_http_and_a_server_down_at_start_that_comes_back(
     Path(settings.tools_path).write_text(json.dumps({"mcp_servers": servers}))
     await services.reload_tools()
     admin = bearer(base_url, services.admin_token)
+    await eventually(lambda: services.tools.states()[-1]["error"] != "not connected yet", what="the first attempt")
     state = json.loads((await admin.fetch("GET", "/admin/api/tools")).body)
     weather = next(s for s in state["sources"] if s["source"] == "mcp:weather")
     assert not weather["reachable"] and "get_weather" not in {t["name"] for t in state["tools"]}
-    with mcp_server(port):
+    assert weather["error"] == "connection refused"  # the root cause, not the SDK's ExceptionGroup
+    with serving_http(port):
         await admin.fetch("POST", "/admin/api/tools/reload")
         await eventually(lambda: "get_weather" in services.tools.all_tools(), timeout=20)
         fake_upstream.script = [ScriptedTurn("", [("get_weather", {"city": "Paris"})]), ScriptedTurn("Cloudy.")]
@@ -403,8 +379,7 @@ async def test_mcp_tools_over_http_and_a_server_down_at_start_that_comes_back(
 @pytest.mark.gen_test(timeout=90)
 async def test_mcp_tools_over_stdio(settings, http_server, base_url, fake_upstream, services):
     Path(settings.tools_path).parent.mkdir(parents=True, exist_ok=True)
-    command = {"name": "local", "command": sys.executable, "args": ["-m", "tests.mcp_server", "--stdio"]}
-    Path(settings.tools_path).write_text(json.dumps({"mcp_servers": [{**command, "env": {"PYTHONPATH": ROOT}}]}))
+    Path(settings.tools_path).write_text(json.dumps({"mcp_servers": [{"name": "local", **STDIO_COMMAND}]}))
     await services.reload_tools()
     await eventually(lambda: "slow_echo" in services.tools.all_tools(), timeout=20)
     tried = await bearer(base_url, services.admin_token).fetch(
