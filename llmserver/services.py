@@ -206,10 +206,15 @@ def build_tools(settings: Settings, retriever: Retriever) -> ToolRegistry:
         raise StartupError(f"invalid tools file, not starting: {exc}") from None
     sources = [
         BuiltinTools(retriever),
-        WebhookTools(config),
+        WebhookTools(config, result_chars=settings.tool_result_chars),
         *(McpServerTools(server, health_seconds=settings.mcp_health_seconds) for server in config.mcp_servers),
     ]
-    return ToolRegistry(sources, default_timeout=settings.tool_timeout, result_chars=settings.tool_result_chars)
+    return ToolRegistry(
+        sources,
+        default_timeout=settings.tool_timeout,
+        result_chars=settings.tool_result_chars,
+        calls_per_pass=settings.tool_calls_per_pass,
+    )
 
 
 def admin_secrets(settings: Settings, shared: SharedDeployment | None = None) -> AdminSecrets:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STDIO_COMMAND = {"command": sys.executable, "args": ["-m", "tests.mcp_server", "--stdio"], "env": {"PYTHONPATH": ROOT}}
@@ -42,8 +43,8 @@ async def slow_echo(text: str, seconds: float) -> str:
 
 @server.tool()
 def broken(reason: str) -> str:
-    """Always fails."""
-    raise ValueError(reason)
+    """Always fails, saying `reason` back (as a tool's own error text may quote what it was given)."""
+    raise ToolError(reason)
 
 
 @server.tool()
