@@ -6,6 +6,11 @@ Each server has one connection, kept by a background task (the `mcp` client is a
 in that task), which checks every few seconds that the server still answers. A server that is down at start, or that
 goes away, is tried again with growing pauses, and at once on reload; meanwhile its tools are not offered and its
 state says why, in the words of the root cause ("connection refused", "command not found: foo").
+
+The SDK reads each answer whole before the registry cuts a result to TOOL_RESULT_CHARS. Over streamable HTTP what it
+reads is bounded here: an answer's body at MAX_ANSWER_BYTES (asked for uncompressed; a gzip or deflate body anyway is
+inflated no further than that), an SSE event by the SDK's own cap of the same size; a larger answer fails that call
+only. Over stdio the SDK reads each message whole: the server is a program the operator runs on this machine.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import logging
 import os
 import re
 import socket
+import zlib
 from typing import Any
 
 import httpx2
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, REQUEST_TIMEOUT
+from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, PARSE_ERROR, REQUEST_TIMEOUT
 
 from .registry import Tool, ToolFailure
 from .tools_file import McpServerConfig
@@ -32,6 +38,7 @@ _OPENAI_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RETRY_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0)
 HEALTH_SECONDS = 5.0  # the default of MCP_HEALTH_SECONDS
 CONNECT_TIMEOUT = 10.0  # also how long a health check waits for its answer
+MAX_ANSWER_BYTES = 1024 * 1024  # the most read of one answer over HTTP (the SDK's own cap on an SSE event)
 # The errors the client itself makes up when no answer came (the connection closed, the request timed out) or the
 # session is gone (a redirect, "Session terminated"): the server is lost. Any other JSON-RPC error is the server's
 # own answer, so the server is there ("Method not found" from a server that lacks the method included).
@@ -87,10 +94,12 @@ class McpServerTools:
         config = self.config
         if config.url:
             timeout = httpx2.Timeout(30.0, connect=CONNECT_TIMEOUT)
+            headers = {"Accept-Encoding": "identity", **config.headers}
+            transport = BoundedAnswers(MAX_ANSWER_BYTES)
             # The SDK leaves a client it was given open: the stack closes it with the connection.
-            http = httpx2.AsyncClient(headers=config.headers, timeout=timeout)
+            http = httpx2.AsyncClient(headers=headers, timeout=timeout, transport=transport)
             stack.push_async_callback(http.aclose)
-            return streamable_http_client(config.url, http_client=http)
+            return streamable_http_client(config.url, http_client=http, max_sse_event_size=MAX_ANSWER_BYTES)
         return StdioServerParameters(command=config.command or "", args=list(config.args), env=config.env or None)
 
     async def _keep_connected(self) -> None:
@@ -187,6 +196,10 @@ class McpServerTools:
             except MCPError as exc:
                 if exc.code == REQUEST_TIMEOUT:  # a slow tool: whether the server is there is the health check's call
                     raise ToolFailure("the tool did not answer in time") from None
+                if exc.code == PARSE_ERROR:  # the client's own verdict on this answer (see BoundedAnswers)
+                    limit = f"{MAX_ANSWER_BYTES // 1024} KiB"
+                    too_big = f"the answer of the MCP server {self.config.name} was over {limit} or not JSON"
+                    raise ToolFailure(too_big) from None
                 if exc.code not in _NO_ANSWER:  # the server's refusal of this call: the connection is fine
                     refusal = exc.message[:200]
                     raise ToolFailure(f"the MCP server {self.config.name} refused the call: {refusal}") from None
@@ -216,6 +229,63 @@ def _result_text(result: Any) -> str:
     if parts or result.structured_content is None:
         return "\n".join(parts)
     return json.dumps(result.structured_content, ensure_ascii=False)
+
+
+class BoundedAnswers(httpx2.AsyncBaseTransport):
+    """httpx's own transport, but a body other than an SSE stream (whose events the SDK bounds) is read to at most
+    `limit` bytes, inflated here when it comes compressed (and no further than `limit`); past that it ends, so the
+    SDK fails to parse that one answer instead of holding it all."""
+
+    def __init__(self, limit: int) -> None:
+        self._inner = httpx2.AsyncHTTPTransport()
+        self._limit = limit
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            return response
+        headers = response.headers.copy()
+        encoding = headers.pop("content-encoding", "identity").strip().lower()
+        headers.pop("content-length", None)
+        return httpx2.Response(
+            response.status_code,
+            headers=headers,
+            stream=_BoundedBody(response.stream, self._limit, encoding),
+            extensions=response.extensions,
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _BoundedBody(httpx2.AsyncByteStream):
+    def __init__(self, inner: Any, limit: int, encoding: str) -> None:
+        self._inner = inner
+        self._limit = limit
+        # gzip or zlib-wrapped deflate (47: either header); an encoding it did not ask for and cannot read ends the
+        # body at once, which the SDK reports as an answer it could not parse.
+        self._inflater = zlib.decompressobj(47) if encoding in ("gzip", "x-gzip", "deflate") else None
+        self._unreadable = encoding not in ("identity", "gzip", "x-gzip", "deflate")
+
+    async def __aiter__(self):
+        if self._unreadable:
+            return
+        left = self._limit
+        async for chunk in self._inner:
+            if self._inflater is not None:
+                try:
+                    chunk = self._inflater.decompress(chunk, left)  # at most `left` bytes, however it inflates
+                except zlib.error:
+                    return
+            if len(chunk) >= left:
+                yield chunk[:left]
+                return
+            left -= len(chunk)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def failure_cause(exc: BaseException, command: str | None = None) -> str:

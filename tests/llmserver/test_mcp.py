@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmserver.tools.mcp import McpServerTools
+from llmserver.tools.mcp import MAX_ANSWER_BYTES, McpServerTools
 from llmserver.tools.registry import ToolCall, ToolRegistry
 from llmserver.tools.tools_file import McpServerConfig
 from tests.client import eventually
@@ -147,3 +147,24 @@ async def test_an_unreachable_server_says_the_root_cause(config, cause, io_loop)
         }
     finally:
         await source.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("force_gzip", [False, True], ids=["plain", "gzipped-unasked"])
+async def test_an_http_answer_is_read_no_further_than_max_answer_bytes(force_gzip, io_loop):
+    with serving_http(force_gzip=force_gzip) as port:
+        source = McpServerTools(http_config(port), health_seconds=HEALTH)
+        registry = ToolRegistry([source], result_chars=4000)
+        source.start()
+        try:
+            await eventually(lambda: "long_text" in registry.all_tools(), timeout=20, what="connected")
+            # (its text comes twice: as content and as structured content)
+            within = await call(registry, "long_text", characters=MAX_ANSWER_BYTES // 4)
+            assert within.ok and within.content == "a" * 4000 + "… [cut at 4000 characters]"
+            # 4 MiB of text, a few KiB gzipped: neither read nor inflated past the bound; only this call fails.
+            over = await call(registry, "long_text", characters=4 * MAX_ANSWER_BYTES)
+            assert not over.ok and "was over 1024 KiB" in json.loads(over.content)["error"]
+            assert (await call(registry, "get_weather", city="Oslo")).ok
+            assert source.connections == 1
+        finally:
+            await source.aclose()
