@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .tools.registry import UNKNOWN_SOURCE
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -81,7 +83,9 @@ class Metrics:
         if retrieval is not None:
             self.retrieval.observe(retrieval["ms"] / 1000)
         for call in record.get("tool_calls") or ():
-            self.tools.labels(call["name"], call["outcome"]).observe(call["ms"] / 1000)
+            # A name the registry does not offer is the model's invention, unbounded: they all share one series.
+            tool = UNKNOWN_SOURCE if call["source"] == UNKNOWN_SOURCE else call["name"]
+            self.tools.labels(tool, call["outcome"]).observe(call["ms"] / 1000)
 
     def _children(self, endpoint: str, outcome: str) -> tuple[Any, Any, Any]:
         """The labelled series a request updates, looked up once per endpoint and outcome (`labels()` is the

@@ -100,7 +100,7 @@ class Services:
             same = next((s for s in known if s.config == server), None)  # unchanged: keep its connection
             if same is not None:
                 known.remove(same)
-            source = same or McpServerTools(server)
+            source = same or McpServerTools(server, health_seconds=self.settings.mcp_health_seconds)
             source.start()
             servers.append(source)
         for gone in known:
@@ -206,10 +206,15 @@ def build_tools(settings: Settings, retriever: Retriever) -> ToolRegistry:
         raise StartupError(f"invalid tools file, not starting: {exc}") from None
     sources = [
         BuiltinTools(retriever),
-        WebhookTools(config),
-        *(McpServerTools(server) for server in config.mcp_servers),
+        WebhookTools(config, result_chars=settings.tool_result_chars),
+        *(McpServerTools(server, health_seconds=settings.mcp_health_seconds) for server in config.mcp_servers),
     ]
-    return ToolRegistry(sources, default_timeout=settings.tool_timeout, result_chars=settings.tool_result_chars)
+    return ToolRegistry(
+        sources,
+        default_timeout=settings.tool_timeout,
+        result_chars=settings.tool_result_chars,
+        calls_per_pass=settings.tool_calls_per_pass,
+    )
 
 
 def admin_secrets(settings: Settings, shared: SharedDeployment | None = None) -> AdminSecrets:

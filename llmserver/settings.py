@@ -293,6 +293,12 @@ class Settings:
     tool_result_chars: int = setting(
         4000, "longest tool result given to the model", env="TOOL_RESULT_CHARS", parse=_COUNT
     )
+    tool_calls_per_pass: int = setting(
+        8, "most server tool calls run in one pass (more get an error result)", env="TOOL_CALLS_PER_PASS", parse=_COUNT
+    )
+    mcp_health_seconds: float = setting(
+        5.0, "seconds between health checks of each MCP server", env="MCP_HEALTH_SECONDS", parse=_SECONDS
+    )
     memory_conversations: int = setting(
         1000, "conversations whose tool exchanges are remembered", env="MEMORY_CONVERSATIONS", parse=_COUNT
     )

@@ -1,12 +1,13 @@
 """The registry: every tool the server can run, from every source, under one name space; which of them a request
-gets; and running calls — arguments validated against the tool's JSON schema (jsonschema), each call with its
-timeout and a cap on its result, failures turned into results the model can talk about."""
+gets; and running calls — at most so many a pass, arguments validated against the tool's JSON schema (jsonschema),
+each call with its timeout and a cap on its result, failures turned into short results the model can talk about."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import jsonschema
 from ..protocol.chat_request import tool_names
 
 logger = logging.getLogger("llmserver.tools")
+UNKNOWN_SOURCE = "unknown"  # the source of a call to a name the registry does not offer (a model's invention)
+ERROR_CHARS = 200  # longest error a call's record keeps
 
 ToolFunction = Callable[[dict[str, Any]], Awaitable[str]]
 
@@ -76,10 +79,12 @@ class ToolRegistry:
         *,
         default_timeout: float = 10.0,
         result_chars: int = 4000,
+        calls_per_pass: int = 8,
     ) -> None:
         self.sources = list(sources)
         self.default_timeout = default_timeout
         self.result_chars = result_chars
+        self.calls_per_pass = calls_per_pass
         self.disabled: set[str] = set()
         self._hidden: set[tuple[str, str]] = set()  # name clashes between sources, logged once each
 
@@ -135,8 +140,17 @@ class ToolRegistry:
         await asyncio.gather(*(source.aclose() for source in self.sources), return_exceptions=True)
 
     async def run_calls(self, calls: Sequence[ToolCall], tools: dict[str, Tool]) -> list[ToolOutcome]:
-        """Runs the calls concurrently; never raises for a tool's failure (cancellation goes through)."""
-        return list(await asyncio.gather(*(self.run_call(call, tools) for call in calls)))
+        """Runs the calls concurrently, the first `calls_per_pass` of them: the rest are answered, not run (a model
+        that asks for hundreds at once must not send hundreds of requests). Never raises for a tool's failure
+        (cancellation goes through)."""
+        running, refused = calls[: self.calls_per_pass], calls[self.calls_per_pass :]
+        outcomes = list(await asyncio.gather(*(self.run_call(call, tools) for call in running)))
+        message = f"too many calls in one turn: only the first {self.calls_per_pass} ran; make fewer at a time"
+        for call in refused:
+            tool = tools.get(call.name)
+            source = tool.source if tool else UNKNOWN_SOURCE
+            outcomes.append(ToolOutcome(call, source, _error_text(message), False, 0.0, "too many calls"))
+        return outcomes
 
     async def run_call(self, call: ToolCall, tools: dict[str, Tool]) -> ToolOutcome:
         started = time.perf_counter()
@@ -144,33 +158,42 @@ class ToolRegistry:
 
         def outcome(content: str, ok: bool, error: str | None = None) -> ToolOutcome:
             ms = round((time.perf_counter() - started) * 1000, 3)
-            return ToolOutcome(call, tool.source if tool else "unknown", self._capped(content), ok, ms, error)
+            source = tool.source if tool else UNKNOWN_SOURCE
+            return ToolOutcome(call, source, content, ok, ms, error)
+
+        def failure(message: str, error: str | None = None) -> ToolOutcome:
+            # The model gets the message up to the result cap (as JSON still whole); the record and the live log get
+            # its start: it may quote the model's arguments, which have no bound of their own.
+            content = _error_text(_shortened(message, self.result_chars))
+            return outcome(content, False, _shortened(error or message, ERROR_CHARS))
 
         if tool is None:
-            return outcome(_error_text(f"there is no tool named {call.name!r}"), False, "unknown tool")
+            return failure(f"there is no tool named {call.name!r}", "unknown tool")
         try:
             arguments = json.loads(call.arguments or "{}")
         except ValueError as exc:
-            return outcome(_error_text(f"the arguments are not valid JSON ({exc.msg})"), False, "invalid arguments")
+            return failure(f"the arguments are not valid JSON ({exc.msg})", "invalid arguments")
         try:
             error = jsonschema.exceptions.best_match(_validator(tool.parameters).iter_errors(arguments))
         except jsonschema.SchemaError:
-            return outcome(_error_text("the tool's own schema is invalid"), False, "invalid schema")
+            return failure("the tool's own schema is invalid", "invalid schema")
         if error is not None:
             where = "/".join(str(part) for part in error.absolute_path) or "the arguments"
-            return outcome(_error_text(f"invalid arguments at {where}: {error.message}"), False, "invalid arguments")
+            return failure(f"invalid arguments at {where}: {error.message}", "invalid arguments")
         timeout = tool.timeout or self.default_timeout
         try:
             async with asyncio.timeout(timeout):
                 content = await tool.run(arguments)
         except TimeoutError:
-            return outcome(_error_text(f"the tool did not answer within {timeout:g} s"), False, "timeout")
+            return failure(f"the tool did not answer within {timeout:g} s", "timeout")
         except ToolFailure as exc:
-            return outcome(_error_text(str(exc)), False, str(exc))
+            return failure(str(exc))
         except Exception as exc:  # a tool's bug must not break the stream: the model hears of it instead
-            logger.warning("tool %r failed: %r", call.name, exc)
-            return outcome(_error_text("the tool failed"), False, type(exc).__name__)
-        return outcome(content, True)
+            # The type and where it was raised only: an exception's text or repr can carry a request's secret
+            # headers (aiohttp's errors hold their request) or the model's arguments whole.
+            logger.warning("tool %r failed: %s at %s", call.name, type(exc).__name__, _raised_at(exc))
+            return failure("the tool failed", type(exc).__name__)
+        return outcome(self._capped(content), True)
 
     def _capped(self, content: str) -> str:
         if len(content) <= self.result_chars:
@@ -202,3 +225,17 @@ class ToolFailure(Exception):
 
 def _error_text(message: str) -> str:
     return json.dumps({"error": message})
+
+
+def _shortened(message: str, chars: int) -> str:
+    return message if len(message) <= chars else message[:chars] + "…"
+
+
+def _raised_at(exc: BaseException) -> str:
+    """file:line of the innermost frame that raised `exc`."""
+    trace = exc.__traceback__
+    if trace is None:
+        return "?"
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    return f"{os.path.basename(trace.tb_frame.f_code.co_filename)}:{trace.tb_lineno}"

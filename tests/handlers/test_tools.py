@@ -8,24 +8,26 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
-import subprocess
-import sys
+import re
 import time
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 import tornado.httpserver
+import tornado.iostream
 import tornado.netutil
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient
 
 from tests.client import RawClient, eventually, json_of, post, stream
-from tests.conftest import ROOT
 from tests.fake_upstream import ScriptedTurn
 from tests.handlers.admin_client import bearer
+from tests.mcp_server import STDIO_COMMAND, serving_http
+from tests.redis_server import free_port
 
 pytestmark = pytest.mark.settings(server_tools=("chat", "rag"))
 USER = {"role": "user", "content": "Book me a table for two tonight."}
@@ -66,10 +68,46 @@ class BookingHandler(tornado.web.RequestHandler):
         self.finish({"booking": "confirmed", "people": json.loads(self.request.body).get("people")})
 
 
+class RedirectLoopHandler(tornado.web.RequestHandler):
+    """Sends every request back to itself, forever."""
+
+    def get(self) -> None:
+        self.redirect(self.request.uri)
+
+    post = get
+
+
+class EndlessHandler(tornado.web.RequestHandler):
+    """A gzip body that never ends, each megabyte of text a kilobyte on the wire (as a hostile or broken service
+    might send): a client that reads the body whole never finishes."""
+
+    def initialize(self, behaviour: WebhookBehaviour) -> None:
+        self.behaviour = behaviour
+
+    def on_connection_close(self) -> None:
+        self.behaviour.closed.set()
+
+    async def post(self) -> None:
+        self.set_header("Content-Encoding", "gzip")
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        compressor = zlib.compressobj(wbits=31)  # gzip
+        with contextlib.suppress(tornado.iostream.StreamClosedError):
+            while True:
+                self.write(compressor.compress(b"a" * 1024 * 1024) + compressor.flush(zlib.Z_SYNC_FLUSH))
+                await self.flush()
+                await asyncio.sleep(0)  # a flush already done does not yield: the client shares this loop
+
+
 @pytest.fixture
 def webhooks(io_loop) -> Iterator[tuple[str, WebhookBehaviour]]:
     behaviour = WebhookBehaviour()
-    app = tornado.web.Application([(r"/hooks/(\w+)", BookingHandler, {"behaviour": behaviour})])
+    app = tornado.web.Application(
+        [
+            (r"/hooks/loop", RedirectLoopHandler),
+            (r"/hooks/endless", EndlessHandler, {"behaviour": behaviour}),
+            (r"/hooks/(\w+)", BookingHandler, {"behaviour": behaviour}),
+        ]
+    )
     server = tornado.httpserver.HTTPServer(app)
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     server.add_sockets(sockets)
@@ -102,6 +140,8 @@ def tools_file(settings, webhooks, monkeypatch) -> Path:
         webhook_tool("check_availability", f"{base}/check"),
         webhook_tool("failing_tool", f"{base}/fail"),
         webhook_tool("slow_tool", f"{base}/slow", timeout=0.5),
+        webhook_tool("redirecting_tool", f"{base}/loop", headers={"X-Api-Key": "${BOOKING_SECRET}"}),
+        webhook_tool("endless_tool", f"{base}/endless", timeout=5),
     ]
     path.write_text(json.dumps({"tools": tools}))
     return path
@@ -232,6 +272,84 @@ async def test_failures_timeouts_and_invalid_arguments_go_back_to_the_model(
     assert [o[1] for o in outcomes] == ["error"] * 5 and outcomes[1][2] == "timeout"
 
 
+# Bounds: secrets, sizes, counts ---------------------------------------------------------------------------------------
+
+
+def tool_results(fake_upstream, request: int = 1) -> list[str]:
+    return [m["content"] for m in fake_upstream.requests[request].body["messages"] if m["role"] == "tool"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_webhook_that_redirects_forever_keeps_its_secret_header_out_of_the_log(
+    tools_file, http_server, base_url, fake_upstream, services, caplog
+):
+    fake_upstream.script = [ScriptedTurn("", [("redirecting_tool", {"people": 2})]), ScriptedTurn("It failed.")]
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]})
+    assert result.text == "It failed. "
+    assert json.loads(tool_results(fake_upstream)[0]) == {"error": "the service behind this tool could not be reached"}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "llmserver.tools"]
+    assert any("redirecting_tool" in w and "TooManyRedirects" in w and "/hooks/loop" in w for w in warnings)
+    assert "s3cret" not in caplog.text
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_endless_compressed_webhook_body_is_read_only_as_far_as_the_cap(
+    tools_file, http_server, base_url, fake_upstream, services, webhooks
+):
+    _, hooks = webhooks
+    fake_upstream.script = [ScriptedTurn("", [("endless_tool", {"people": 2})]), ScriptedTurn("Done.")]
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]})
+    assert result.text == "Done. "
+    content = tool_results(fake_upstream)[0]
+    assert content == "a" * 4000 + "… [cut at 4000 characters]"  # TOOL_RESULT_CHARS, within the tool's 5 s
+    assert services.request_log.recent()[-1]["tool_calls"][0]["outcome"] == "ok"
+    await eventually(hooks.closed.is_set, what="the rest of the body left unread, the connection closed")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_calls_past_tool_calls_per_pass_get_an_error_and_do_not_run(
+    tools_file, http_server, base_url, fake_upstream, services, webhooks
+):
+    _, hooks = webhooks
+    calls = [("check_availability", {"people": n}) for n in range(1, 13)]
+    fake_upstream.script = [ScriptedTurn("", calls), ScriptedTurn("Checked.")]
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]})
+    assert result.text == "Checked. "
+    assert sorted(r["body"]["people"] for r in hooks.received) == list(range(1, 9))  # TOOL_CALLS_PER_PASS: 8
+    results = tool_results(fake_upstream)
+    assert len(results) == 12  # every call answered, in order
+    assert all(json.loads(r)["booking"] == "confirmed" for r in results[:8])
+    for refused in results[8:]:
+        assert json.loads(refused)["error"].startswith("too many calls in one turn")
+    outcomes = [(c["outcome"], c["error"]) for c in services.request_log.recent()[-1]["tool_calls"]]
+    assert outcomes == [("ok", None)] * 8 + [("error", "too many calls")] * 4
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_failed_calls_error_does_not_quote_huge_arguments_whole(
+    tools_file, http_server, base_url, fake_upstream, services
+):
+    fake_upstream.script = [ScriptedTurn("", [("book_table", {"people": "x" * 500_000})]), ScriptedTurn("Sorry.")]
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]})
+    assert result.text == "Sorry. "
+    # The model gets the schema's complaint up to TOOL_RESULT_CHARS, still as JSON it can read.
+    message = json.loads(tool_results(fake_upstream)[0])["error"]
+    assert message.startswith("invalid arguments at people: 'xxx") and len(message) <= 4001
+    assert services.request_log.recent()[-1]["tool_calls"][0]["error"] == "invalid arguments"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_tool_names_the_model_invents_share_one_metrics_label(
+    tools_file, http_server, base_url, fake_upstream, services
+):
+    invented = [(f"invented_{n}", {}) for n in range(20)]
+    fake_upstream.script = [ScriptedTurn("", [*invented, ("book_table", {"people": 2})]), ScriptedTurn("Hm.")]
+    await stream(base_url, "/chat/completions", {"messages": [USER]})
+    metrics = (await AsyncHTTPClient().fetch(base_url + "/metrics")).body.decode()
+    tools = set(re.findall(r'^llm_tool_seconds_count\{[^}]*tool="([^"]*)"', metrics, re.M))
+    assert tools == {"unknown", "book_table"}
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_caller_tools_pass_through_untouched_beside_the_servers(tools_file, http_server, base_url, fake_upstream):
     caller_tool = {"type": "function", "function": {"name": "transfer_call", "parameters": {"type": "object"}}}
@@ -346,29 +464,6 @@ async def test_a_disconnect_while_a_tool_runs_cancels_it_and_the_upstream(
 # MCP ----------------------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def mcp_server(port: int = 0) -> Iterator[int]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.mcp_server", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        yield int(process.stdout.readline())
-    finally:
-        process.terminate()
-        process.wait(10)
-        process.stdout.close()
-
-
 @pytest.mark.gen_test(timeout=90)
 async def test_mcp_tools_over_http_and_a_server_down_at_start_that_comes_back(
     settings, http_server, base_url, fake_upstream, services
@@ -379,10 +474,12 @@ async def test_mcp_tools_over_http_and_a_server_down_at_start_that_comes_back(
     Path(settings.tools_path).write_text(json.dumps({"mcp_servers": servers}))
     await services.reload_tools()
     admin = bearer(base_url, services.admin_token)
+    await eventually(lambda: services.tools.states()[-1]["error"] != "not connected yet", what="the first attempt")
     state = json.loads((await admin.fetch("GET", "/admin/api/tools")).body)
     weather = next(s for s in state["sources"] if s["source"] == "mcp:weather")
     assert not weather["reachable"] and "get_weather" not in {t["name"] for t in state["tools"]}
-    with mcp_server(port):
+    assert weather["error"] == "connection refused"  # the root cause, not the SDK's ExceptionGroup
+    with serving_http(port):
         await admin.fetch("POST", "/admin/api/tools/reload")
         await eventually(lambda: "get_weather" in services.tools.all_tools(), timeout=20)
         fake_upstream.script = [ScriptedTurn("", [("get_weather", {"city": "Paris"})]), ScriptedTurn("Cloudy.")]
@@ -402,8 +499,7 @@ async def test_mcp_tools_over_http_and_a_server_down_at_start_that_comes_back(
 @pytest.mark.gen_test(timeout=90)
 async def test_mcp_tools_over_stdio(settings, http_server, base_url, fake_upstream, services):
     Path(settings.tools_path).parent.mkdir(parents=True, exist_ok=True)
-    command = {"name": "local", "command": sys.executable, "args": ["-m", "tests.mcp_server", "--stdio"]}
-    Path(settings.tools_path).write_text(json.dumps({"mcp_servers": [{**command, "env": {"PYTHONPATH": ROOT}}]}))
+    Path(settings.tools_path).write_text(json.dumps({"mcp_servers": [{"name": "local", **STDIO_COMMAND}]}))
     await services.reload_tools()
     await eventually(lambda: "slow_echo" in services.tools.all_tools(), timeout=20)
     tried = await bearer(base_url, services.admin_token).fetch(
@@ -416,6 +512,24 @@ async def test_mcp_tools_over_stdio(settings, http_server, base_url, fake_upstre
         "result": "hi",
         "error": None,
     }
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_an_mcp_tools_error_quoting_huge_arguments_is_bounded_in_the_record(
+    settings, http_server, base_url, fake_upstream, services
+):
+    Path(settings.tools_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(settings.tools_path).write_text(json.dumps({"mcp_servers": [{"name": "local", **STDIO_COMMAND}]}))
+    await services.reload_tools()
+    await eventually(lambda: "broken" in services.tools.all_tools(), timeout=20)
+    huge = "x" * 500_000  # the tool's error says it back
+    fake_upstream.script = [ScriptedTurn("", [("broken", {"reason": huge})]), ScriptedTurn("It broke.")]
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]})
+    assert result.text == "It broke. "
+    error = services.request_log.recent()[-1]["tool_calls"][0]["error"]
+    assert "xxx" in error and len(error) <= 201
+    message = json.loads(fake_upstream.requests[1].body["messages"][-1]["content"])["error"]
+    assert "xxx" in message and len(message) <= 4001
 
 
 # Memory -------------------------------------------------------------------------------------------------------------
