@@ -285,7 +285,7 @@ async def test_a_webhook_that_redirects_forever_keeps_its_secret_header_out_of_t
 ):
     fake_upstream.script = [ScriptedTurn("", [("redirecting_tool", {"people": 2})]), ScriptedTurn("It failed.")]
     result = await stream(base_url, "/chat/completions", {"messages": [USER]})
-    assert result.text == "It failed. "
+    assert result.text == "It failed."
     assert json.loads(tool_results(fake_upstream)[0]) == {"error": "the service behind this tool could not be reached"}
     warnings = [r.getMessage() for r in caplog.records if r.name == "llmserver.tools"]
     assert any("redirecting_tool" in w and "TooManyRedirects" in w and "/hooks/loop" in w for w in warnings)
@@ -299,7 +299,7 @@ async def test_an_endless_compressed_webhook_body_is_read_only_as_far_as_the_cap
     _, hooks = webhooks
     fake_upstream.script = [ScriptedTurn("", [("endless_tool", {"people": 2})]), ScriptedTurn("Done.")]
     result = await stream(base_url, "/chat/completions", {"messages": [USER]})
-    assert result.text == "Done. "
+    assert result.text == "Done."
     content = tool_results(fake_upstream)[0]
     assert content == "a" * 4000 + "… [cut at 4000 characters]"  # TOOL_RESULT_CHARS, within the tool's 5 s
     assert services.request_log.recent()[-1]["tool_calls"][0]["outcome"] == "ok"
@@ -314,7 +314,7 @@ async def test_calls_past_tool_calls_per_pass_get_an_error_and_do_not_run(
     calls = [("check_availability", {"people": n}) for n in range(1, 13)]
     fake_upstream.script = [ScriptedTurn("", calls), ScriptedTurn("Checked.")]
     result = await stream(base_url, "/chat/completions", {"messages": [USER]})
-    assert result.text == "Checked. "
+    assert result.text == "Checked."
     assert sorted(r["body"]["people"] for r in hooks.received) == list(range(1, 9))  # TOOL_CALLS_PER_PASS: 8
     results = tool_results(fake_upstream)
     assert len(results) == 12  # every call answered, in order
@@ -331,7 +331,7 @@ async def test_a_failed_calls_error_does_not_quote_huge_arguments_whole(
 ):
     fake_upstream.script = [ScriptedTurn("", [("book_table", {"people": "x" * 500_000})]), ScriptedTurn("Sorry.")]
     result = await stream(base_url, "/chat/completions", {"messages": [USER]})
-    assert result.text == "Sorry. "
+    assert result.text == "Sorry."
     # The model gets the schema's complaint up to TOOL_RESULT_CHARS, still as JSON it can read.
     message = json.loads(tool_results(fake_upstream)[0])["error"]
     assert message.startswith("invalid arguments at people: 'xxx") and len(message) <= 4001
@@ -525,7 +525,7 @@ async def test_an_mcp_tools_error_quoting_huge_arguments_is_bounded_in_the_recor
     huge = "x" * 500_000  # the tool's error says it back
     fake_upstream.script = [ScriptedTurn("", [("broken", {"reason": huge})]), ScriptedTurn("It broke.")]
     result = await stream(base_url, "/chat/completions", {"messages": [USER]})
-    assert result.text == "It broke. "
+    assert result.text == "It broke."
     error = services.request_log.recent()[-1]["tool_calls"][0]["error"]
     assert "xxx" in error and len(error) <= 201
     message = json.loads(fake_upstream.requests[1].body["messages"][-1]["content"])["error"]
