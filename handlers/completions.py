@@ -1,8 +1,10 @@
-"""POST /chat/completions: the OpenAI request relayed to the upstream, streamed back as SSE.
+"""POST /chat/completions, /rag/chat/completions, /audio/chat/completions (and under /v1/): one handler, given its
+endpoint (llmserver.endpoints) through the route.
 
-CompletionEndpoint is the life cycle every completion endpoint shares (RAG and audio build on it): body limit,
-key rules, parsing, the request record, cancellation when the client leaves, and error reporting. The relay
-itself is a service (llmserver.upstream.relay) that the chat and RAG endpoints hand their request to.
+The handler keeps what is HTTP's: the body limit and admission under MAX_STREAMS, the key rules, parsing, the
+request record's life cycle, cancellation when the client leaves (the Agora engine closes the connection on
+barge-in) and error reporting. The turn itself — memory, retrieval, tools, the relay — is the completion service's
+(llmserver.turn).
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from llmserver.protocol.chat_request import ChatRequest, message_text, parse_chat_request
+from llmserver.endpoints import ENDPOINTS, Endpoint
+from llmserver.protocol.chat_request import parse_chat_request
 from llmserver.protocol.errors import ApiError, ServiceError, as_api_error
-from llmserver.request_log import MAX_LOGGED_MESSAGES, RequestRecord, ToolCallDetails, bounded_value
-from llmserver.tools.memory import Exchange, bounded_turn_id, conversation_key, turn_text
-from llmserver.tools.registry import ToolOutcome
-from llmserver.upstream.tool_loop import ToolUse
+from llmserver.request_log import RequestRecord
+from llmserver.turn.model import Caller
 
 from .auth import bearer_token, upstream_key
 from .base import INTERNAL_ERROR, ApiHandler
@@ -27,19 +28,17 @@ from .sse import EventStream
 logger = logging.getLogger("llmserver.handlers")
 
 
-class CompletionEndpoint(ApiHandler):
-    endpoint = "chat"
-    needs_upstream_key = True
-
-    def body_limit(self) -> int:
-        return self.config.max_body_bytes
-
-    def initialize(self) -> None:
+class CompletionHandler(ApiHandler):
+    def initialize(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
         self._task: asyncio.Task | None = None  # the task running post(), cancelled when the client leaves
         self._client_gone = False
         self.record: RequestRecord | None = None  # begun when the request is admitted (prepare)
         self._record_ended = False
         self._posted = False
+
+    def body_limit(self) -> int:
+        return self.config.max_body_bytes
 
     def on_connection_close(self) -> None:
         # The Agora engine closes the connection on barge-in: stop generating and cancel the upstream call now.
@@ -54,11 +53,11 @@ class CompletionEndpoint(ApiHandler):
     def prepare(self) -> None:
         # The request counts as in flight from now, while its body arrives, so that a burst cannot pass the cap all
         # at once before any of it reaches post(); a refused one still gets its record.
-        self.record = self.request_log.begin(self.request_id, self.endpoint)
+        self.record = self.request_log.begin(self.request_id, self.endpoint.name)
         try:
             super().prepare()
             if self.request_log.in_flight > self.config.max_streams:  # this request included
-                self.services.metrics.rejected.labels(self.endpoint).inc()
+                self.services.metrics.rejected.labels(self.endpoint.name).inc()
                 raise ApiError(
                     503,
                     f"The server is answering its limit of {self.config.max_streams} requests; retry in a moment.",
@@ -91,7 +90,7 @@ class CompletionEndpoint(ApiHandler):
         self._posted = True
         record = self.record
         assert record is not None
-        self.events = EventStream(self)
+        self.events = EventStream(self, record)
         try:
             if self.services.shutting_down:
                 raise ApiError(
@@ -100,15 +99,20 @@ class CompletionEndpoint(ApiHandler):
                     code="shutting_down",
                     headers={"Connection": "close"},
                 )
-            api_key = upstream_key(
-                self.request, self.config, self.services.upstream.mode, required=self.needs_upstream_key
+            request = self.request
+            caller = Caller(
+                upstream_key(request, self.config, self.services.upstream.mode, self.endpoint.needs_upstream_key),
+                bearer_token(request),
+                request.headers.get("X-Conversation-Id"),
             )
             chat = parse_chat_request(self.body, self.config.model)
-            self._describe(chat)
+            self.request_log.describe(record, chat)
             if self._client_gone:
                 raise asyncio.CancelledError
             self._task = asyncio.current_task()
-            await self.respond(chat, api_key)
+            completion = await self.services.completions.answer(chat, self.endpoint, caller, self.events, record)
+            if completion is not None:
+                self.events.send_completion(completion)
         except (asyncio.CancelledError, StreamClosedError):
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -127,20 +131,6 @@ class CompletionEndpoint(ApiHandler):
             self._task = None
             self._end_record()
 
-    def _describe(self, chat: ChatRequest) -> None:
-        record = self.record
-        log = self.request_log
-        record.model = chat.model
-        record.messages = len(chat.messages)
-        record.last_user_message = log.text(chat.last_user_text())
-        if log.text_mode != "none":
-            record.messages_logged = [
-                {"role": str(m.get("role"))[:20], "text": log.text(message_text(m))}
-                for m in chat.messages[-MAX_LOGGED_MESSAGES:]
-            ]
-        record.turn_id = bounded_value(chat.turn_id)
-        record.engine_fields = log.bounded(chat.engine_fields)
-
     async def _report(self, error: ApiError) -> None:
         if self._client_gone:
             return
@@ -149,90 +139,5 @@ class CompletionEndpoint(ApiHandler):
         else:
             self.send_api_error(error)
 
-    async def respond(self, chat: ChatRequest, api_key: str | None) -> None:
-        raise NotImplementedError
 
-
-class RelayedCompletion(CompletionEndpoint):
-    """An endpoint whose answer comes from the upstream, through the relay (and the server's tools, if it offers
-    them), with the conversation's remembered tool exchanges spliced into the history."""
-
-    def request_body(self, chat: ChatRequest) -> dict[str, Any]:
-        """The body to send: the conversation's earlier tool exchanges put back where they belong."""
-        key = conversation_key(
-            chat.engine_fields,
-            chat.body.get("user"),
-            self.request.headers.get("X-Conversation-Id"),
-            bearer_token(self.request),
-        )
-        self.record.conversation = key
-        if key is None:
-            return chat.body
-        messages = self.services.memory.splice(key, chat.messages, self._turn_ids(chat))
-        return chat.body if messages is chat.messages else {**chat.body, "messages": messages}
-
-    @staticmethod
-    def _turn_ids(chat: ChatRequest) -> list[Any]:
-        fields = chat.engine_fields.get("messages")
-        return [f.get("turn_id") if isinstance(f, dict) else None for f in fields] if isinstance(fields, list) else []
-
-    def tool_use(self, chat: ChatRequest) -> ToolUse | None:
-        """The server's tools for this request, or None: not on this endpoint, `tool_choice: "none"`, or `n` > 1."""
-        body = chat.body
-        if self.endpoint not in self.config.server_tools or body.get("tool_choice") == "none":
-            return None
-        if body.get("n") not in (None, 1):
-            return None
-        offered = self.services.tools.offered(body.get("tools") or [])
-        if not offered:
-            return None
-        record, log, memory = self.record, self.request_log, self.services.memory
-        key = record.conversation
-        last_user = max((i for i, m in enumerate(chat.messages) if m.get("role") == "user"), default=None)
-        turn_ids = self._turn_ids(chat)
-        turn_id = turn_ids[last_user] if last_user is not None and last_user < len(turn_ids) else None
-
-        def on_exchange(messages: list[dict[str, Any]], outcomes: list[ToolOutcome]) -> None:
-            for outcome in outcomes:
-                record.tool_calls.append(
-                    ToolCallDetails(
-                        outcome.call.name,
-                        outcome.source,
-                        log.text(outcome.call.arguments),
-                        outcome.ms,
-                        "ok" if outcome.ok else "error",
-                        outcome.error,
-                        record.passes,
-                    )
-                )
-            if key is not None:
-                # The assistant's words of that pass are in the history the caller keeps; the calls are not.
-                kept = ({**messages[0], "content": None}, *messages[1:])
-                memory.remember(key, Exchange(turn_text(chat.last_user_text()), bounded_turn_id(turn_id), kept))
-
-        return ToolUse(offered, self.services.tools, self.config.tool_passes, on_exchange)
-
-    async def relay(self, chat: ChatRequest, body: dict[str, Any], api_key: str | None) -> None:
-        relay = self.services.relay
-        tools = self.tool_use(chat)
-        if chat.stream:
-            await relay.stream(body, api_key, self.events, self.record, tools)
-        else:
-            completion = await relay.complete(body, api_key, self.record, tools)
-            self.record.mark_chunk()
-            message = (completion.get("choices") or [{}])[0].get("message") or {}
-            if isinstance(message.get("content"), str):
-                self.record.add_reply(message["content"])
-            self.write_json(completion)
-
-
-class ChatCompletionsHandler(RelayedCompletion):
-    endpoint = "chat"
-
-    async def respond(self, chat: ChatRequest, api_key: str | None) -> None:
-        await self.relay(chat, self.request_body(chat), api_key)
-
-
-default_handlers = [
-    (r"/(?:v1/)?chat/completions", ChatCompletionsHandler),
-]
+default_handlers = [(endpoint.route, CompletionHandler, {"endpoint": endpoint}) for endpoint in ENDPOINTS]

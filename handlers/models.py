@@ -4,6 +4,8 @@ GET /ping, which Agora's own samples and test scripts call."""
 
 from __future__ import annotations
 
+from llmserver.endpoints import ENDPOINTS
+
 from .auth import upstream_key
 from .base import ApiHandler
 
@@ -68,8 +70,7 @@ class MetricsHandler(ApiHandler):
 
 
 default_handlers = [
-    (r"/(?:v1/)?(?:rag/)?models", ModelsHandler),
-    (r"/(?:v1/)?audio/models", AudioModelsHandler),
+    *((endpoint.models_route, AudioModelsHandler if endpoint.plays_clip else ModelsHandler) for endpoint in ENDPOINTS),
     (r"/healthz", HealthHandler),
     (r"/ping", PingHandler),
     (r"/readyz", ReadyHandler),

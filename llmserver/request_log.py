@@ -13,7 +13,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .protocol.chat_request import ChatRequest, message_text
+
+if TYPE_CHECKING:
+    from .tools.registry import ToolOutcome
 
 logger = logging.getLogger("llmserver.requests")
 
@@ -120,14 +125,60 @@ class RequestRecord:
     conversation: str | None = None  # the memory's key for this conversation, when it has one
     key: str = ""  # unique: this server process and the record's number in it
     _start: float = field(default_factory=time.perf_counter, repr=False)
+    _user_text: Callable[[str], str] = field(default=str, repr=False)  # LOG_USER_TEXT, for what the model wrote
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self._start) * 1000, 3)
 
-    def mark_chunk(self, count: int = 1) -> None:
+    # What the turn reports as it runs (llmserver.upstream.trace.RelayTrace and llmserver.turn.trace.TurnTrace).
+
+    def sent(self, chunks: int = 1) -> None:
         if self.first_chunk_ms is None:
             self.first_chunk_ms = self.elapsed_ms()
-        self.chunks += count
+        self.chunks += chunks
+
+    def upstream_called(self) -> None:
+        if self.upstream_called_ms is None:
+            self.upstream_called_ms = self.elapsed_ms()
+
+    def attempted(self) -> None:
+        self.upstream_attempts += 1
+
+    def upstream_answered(self) -> None:
+        if self.upstream_first_chunk_ms is None:
+            self.upstream_first_chunk_ms = self.elapsed_ms()
+
+    def said(self, text: str) -> None:
+        self.add_reply(text)
+
+    def pass_began(self) -> int:
+        self.passes += 1
+        return self.passes
+
+    def pass_gap(self, ms: float) -> None:
+        self.pass_gaps_ms.append(round(ms, 3))
+
+    def tool_ran(self, outcome: ToolOutcome, pass_number: int) -> None:
+        self.tool_calls.append(
+            ToolCallDetails(
+                bounded_value(outcome.call.name),
+                outcome.source,
+                self._user_text(outcome.call.arguments),
+                outcome.ms,
+                "ok" if outcome.ok else "error",
+                outcome.error,
+                pass_number,
+            )
+        )
+
+    def conversation_is(self, key: str | None) -> None:
+        self.conversation = key
+
+    def retrieved(self, details: RetrievalDetails) -> None:
+        self.retrieval = details
+
+    def played(self, details: AudioDetails) -> None:
+        self.audio = details
 
     def fail(self, status: int, message: str, code: str | None = None) -> None:
         self.status = status
@@ -228,7 +279,20 @@ class RequestLog:
         self.in_flight += 1
         if self._on_in_flight is not None:
             self._on_in_flight(self.in_flight)
-        return RequestRecord(request_id=request_id, endpoint=endpoint, instance=self.instance)
+        return RequestRecord(request_id=request_id, endpoint=endpoint, instance=self.instance, _user_text=self.text)
+
+    def describe(self, record: RequestRecord, chat: ChatRequest) -> None:
+        """What the record keeps of the request itself (its text as LOG_USER_TEXT says)."""
+        record.model = chat.model
+        record.messages = len(chat.messages)
+        record.last_user_message = self.text(chat.last_user_text())
+        if self.text_mode != "none":
+            record.messages_logged = [
+                {"role": str(m.get("role"))[:20], "text": self.text(message_text(m))}
+                for m in chat.messages[-MAX_LOGGED_MESSAGES:]
+            ]
+        record.turn_id = bounded_value(chat.turn_id)
+        record.engine_fields = self.bounded(chat.engine_fields)
 
     def bounded(self, value: dict[str, Any], limit: int = 4096) -> dict[str, Any]:
         """`value` (safe, depth-bounded) if its JSON is small, else a truncated JSON text: records stay small."""

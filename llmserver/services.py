@@ -16,6 +16,7 @@ from .admin_secrets import AdminSecrets, load_or_create
 from .admin_secrets import keep as keep_secrets
 from .audio.codec import AudioError
 from .audio.library import AudioLibrary
+from .audio.responder import ClipResponder
 from .history import RequestHistory
 from .knowledge.embeddings import EmbeddingCache, EmbeddingError, build_embedder
 from .knowledge.fusion import DEFAULT_POLICY
@@ -33,6 +34,11 @@ from .tools.memory import ConversationMemory
 from .tools.registry import ToolRegistry
 from .tools.tools_file import ToolsFileError, load_tools_file
 from .tools.webhooks import WebhookTools
+from .turn.conversation import ConversationStage
+from .turn.retrieval import RetrievalStage
+from .turn.service import CompletionService
+from .turn.tools import ServerToolsStage
+from .turn.waiting import WaitingMessageStage
 from .upstream.offline import OfflineResponder
 from .upstream.openai_upstream import OpenAIUpstream
 from .upstream.protocol import Upstream
@@ -55,7 +61,7 @@ class StartupError(Exception):
 class Services:
     settings: Settings
     upstream: Upstream
-    relay: Relay
+    completions: CompletionService
     request_log: RequestLog
     knowledge_base: KnowledgeBase
     retriever: Retriever
@@ -304,25 +310,45 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
     if shared is not None:
         shared.share(knowledge_base, audio_library, memory, request_log, metrics.dropped.labels("shared_log").inc)
     upstream = build_upstream(settings)
+    tools = build_tools(settings, retriever)
+    return Services(
+        admin_token=kept.admin_token,
+        cookie_secret=kept.cookie_secret,
+        settings=settings,
+        upstream=upstream,
+        completions=build_completions(settings, upstream, retriever, tools, memory, audio_library, request_log),
+        request_log=request_log,
+        metrics=metrics,
+        history=history,
+        knowledge_base=knowledge_base,
+        retriever=retriever,
+        tools=tools,
+        memory=memory,
+        audio_library=audio_library,
+        shared=shared,
+    )
+
+
+def build_completions(
+    settings: Settings,
+    upstream: Upstream,
+    retriever: Retriever,
+    tools: ToolRegistry,
+    memory: ConversationMemory,
+    audio_library: AudioLibrary,
+    request_log: RequestLog,
+) -> CompletionService:
     policy = RelayPolicy(
         retries=settings.upstream_retries,
         first_token_timeout=settings.first_token_timeout,
         completion_timeout=settings.completion_timeout,
         keepalive_seconds=settings.keepalive_seconds,
     )
-    return Services(
-        admin_token=kept.admin_token,
-        cookie_secret=kept.cookie_secret,
-        settings=settings,
-        upstream=upstream,
-        relay=Relay(upstream, policy),
-        request_log=request_log,
-        metrics=metrics,
-        history=history,
-        knowledge_base=knowledge_base,
-        retriever=retriever,
-        tools=build_tools(settings, retriever),
-        memory=memory,
-        audio_library=audio_library,
-        shared=shared,
+    return CompletionService(
+        Relay(upstream, policy),
+        ClipResponder(audio_library, settings.audio_pace),
+        conversation=ConversationStage(memory),
+        waiting_message=WaitingMessageStage(settings.waiting_messages) if settings.rag_waiting_message else None,
+        retrieval=RetrievalStage(retriever, settings.rag_template, request_log.text),
+        server_tools=ServerToolsStage(tools, settings.server_tools, settings.tool_passes),
     )

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .endpoints import TOOL_ENDPOINTS
+
 DEFAULT_WAITING_MESSAGES = (
     "Just a moment, I'm thinking...",
     "Let me think about that for a second...",
@@ -120,9 +122,11 @@ def _endpoints(value: str) -> tuple[str, ...]:
     names = _comma_list(value)
     if names == ("none",):
         return ()
-    unknown = set(names) - {"chat", "rag"}
+    unknown = set(names) - set(TOOL_ENDPOINTS)
     if unknown:
-        raise argparse.ArgumentTypeError(f"expected chat, rag or none, got {', '.join(sorted(unknown))}")
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(TOOL_ENDPOINTS)} or none, got {', '.join(sorted(unknown))}"
+        )
     return names
 
 
@@ -276,8 +280,9 @@ class Settings:
     )
     rag_template: str = setting(DEFAULT_RAG_TEMPLATE, "the knowledge system message; {passages}", env="RAG_TEMPLATE")
     server_tools: tuple[str, ...] = setting(
-        ("chat", "rag"),
-        "endpoints whose requests get the server's tools (comma-separated: chat, rag; none for no tools)",
+        TOOL_ENDPOINTS,
+        f"endpoints whose requests get the server's tools (comma-separated: {', '.join(TOOL_ENDPOINTS)}; none for no "
+        "tools)",
         env="SERVER_TOOLS",
         parse=_endpoints,
     )

@@ -68,6 +68,13 @@ class ChatRequest:
     def include_usage(self) -> bool:
         return include_usage(self.body)
 
+    def message_turn_ids(self) -> list[Any]:
+        """The engine's turn id of each message (None where it sent none)."""
+        fields = self.engine_fields.get("messages")
+        if not isinstance(fields, list):
+            return []
+        return [f.get("turn_id") if isinstance(f, dict) else None for f in fields]
+
     def last_user_text(self) -> str:
         return last_user_text(self.messages)
 

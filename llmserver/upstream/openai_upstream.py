@@ -143,6 +143,19 @@ def parse_chunk(payload: bytes) -> dict[str, Any]:
     return chunk
 
 
+def check_tool_calls(completion: dict[str, Any]) -> None:
+    """A completion's tool calls must be a list of objects for them to be streamed (or run) as calls."""
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if calls is not None and (not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls)):
+            raise UpstreamError(
+                502,
+                "The upstream's message has tool calls that are not a list of objects.",
+                code="upstream_bad_response",
+            )
+
+
 def stream_error_event(error: Any) -> UpstreamError:
     """An `{"error": ...}` event in the upstream's stream: its message, as the upstream gave it."""
     if not isinstance(error, dict):
@@ -234,6 +247,7 @@ class OpenAIUpstream:
         if response.headers.get("content-type", "").startswith("application/json"):
             # An upstream that ignored `stream: true` (some proxies and local servers do): its completion, chunked.
             completion = await self._read_completion(response, "answered a streaming request with invalid JSON")
+            check_tool_calls(completion)
             for chunk in completion_as_chunks(completion, include_usage(body)):
                 yield UpstreamChunk(dumps(chunk), chunk)
             return

@@ -1,5 +1,5 @@
 """The relay: one completion from the upstream to the client, with the retries, deadlines and keep-alives that
-make it safe for voice.
+make it safe for voice, and the tool loop's passes.
 
 - Retries happen only while nothing of the upstream's answer has reached the client (the RAG endpoint's waiting
   message is the server's own, so it does not count): a failure before the first chunk is safe to send again.
@@ -8,6 +8,11 @@ make it safe for voice.
 - Deadlines: a stream must bring its first chunk within `first_token_timeout` (every attempt included); a
   non-streaming completion must be complete within `completion_timeout`.
 - While a started response waits for the model, SSE comments keep the connection alive.
+- With the server's tools, one loop runs the passes (tool_loop.py): streamed to the caller as they come, or, for
+  `stream: false`, streamed from the upstream and collected into one completion (CompletionCollector), so both
+  answers are the same answer.
+
+What happens is reported to a RelayTrace (trace.py); what reaches the caller goes to a ChunkSink.
 """
 
 from __future__ import annotations
@@ -21,22 +26,23 @@ from typing import Any, Protocol, TypeVar
 from ..protocol.chat_request import include_usage
 from ..protocol.chunks import ChunkFactory
 from ..protocol.errors import ApiError
-from ..protocol.sse import dumps
-from ..request_log import RequestRecord
+from .collector import CompletionCollector
 from .protocol import Upstream, UpstreamChunk, UpstreamError
-from .tool_loop import ToolUse, Turn, add_usage, exchange_messages, pass_separator
+from .tool_loop import PassCalls, ToolUse, add_usage, exchange_messages, pass_separator
+from .trace import RelayTrace
 
 T = TypeVar("T")
 DROPPED_CONNECTION_RETRIES = 3  # immediate: a pool can hold several connections the peer has closed
 MAX_BACKOFF = 8.0
 
 
-class EventSink(Protocol):
-    """Where a stream goes: the SSE writer of the client's response."""
+class ChunkSink(Protocol):
+    """Where an answer's chunks go: the SSE writer of the caller's response, or a collector."""
 
-    started: bool
+    started: bool  # something has reached the caller (keep-alive comments are then allowed)
 
-    async def send(self, payload: bytes) -> None: ...
+    async def send_chunk(self, data: dict[str, Any], raw: bytes | None = None) -> None:
+        """One chunk; `raw`, when given, is its JSON as the upstream wrote it (relayed as it is)."""
 
     async def send_comment(self, text: str) -> None: ...
 
@@ -58,13 +64,16 @@ def backoff(attempt: int, retry_after: float | None) -> float:
     return min(MAX_BACKOFF, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
 
 
-def _keep_text(record: RequestRecord, data: dict[str, Any]) -> None:
-    """The answer's text, for the record (the history shows it)."""
+def content_of(data: dict[str, Any]) -> str | None:
+    """The text a chunk carries, if any."""
     choices = data.get("choices")
     if choices:
         delta = choices[0].get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            record.add_reply(delta["content"])
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if isinstance(content, str):
+                return content
+    return None
 
 
 class RetryBudget:
@@ -95,127 +104,70 @@ class Relay:
         self,
         body: dict[str, Any],
         api_key: str | None,
-        sink: EventSink,
-        record: RequestRecord,
+        sink: ChunkSink,
+        trace: RelayTrace,
         tools: ToolUse | None = None,
     ) -> None:
         """Streams the upstream's chunks to `sink` as they come, then [DONE]; with `tools`, the tool loop."""
-        record.upstream_called_ms = record.elapsed_ms()
+        trace.upstream_called()
         if tools is not None:
-            await self._stream_with_tools(body, api_key, sink, record, tools)
+            await self._passes(body, api_key, sink, trace, tools)
             return
-        chunks, first = await self._open(body, api_key, sink, record)
+        chunks, first = await self._open(body, api_key, sink, trace)
         try:
             if first is not None:
-                record.upstream_first_chunk_ms = record.elapsed_ms()
-                await sink.send(first.raw)
-                record.mark_chunk()
-                _keep_text(record, first.data)
+                trace.upstream_answered()
+                await sink.send_chunk(first.data, first.raw)
+                _say(trace, first.data)
                 async for chunk in chunks:
-                    await sink.send(chunk.raw)
-                    record.mark_chunk()
-                    _keep_text(record, chunk.data)
+                    await sink.send_chunk(chunk.data, chunk.raw)
+                    _say(trace, chunk.data)
             await sink.done()
         finally:
             await chunks.aclose()
 
+    async def complete(
+        self, body: dict[str, Any], api_key: str | None, trace: RelayTrace, tools: ToolUse | None = None
+    ) -> dict[str, Any]:
+        """The upstream's completion, within `completion_timeout` (every attempt, and with tools every pass and
+        every tool call, included). With tools, the streamed loop's answer, collected."""
+        trace.upstream_called()
+        timeout = self.policy.completion_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                if tools is None:
+                    return await self._complete_once(body, api_key, trace)
+                collector = CompletionCollector()
+                streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+                await self._passes(streamed, api_key, collector, trace, tools)
+                return collector.completion()
+        except TimeoutError:
+            raise ApiError(
+                504, f"The upstream LLM did not answer within {timeout:g} s.", code="completion_timeout"
+            ) from None
+
+    # One upstream request ---------------------------------------------------------------------------------------
+
     async def _open(
-        self, body: dict[str, Any], api_key: str | None, sink: EventSink, record: RequestRecord
+        self, body: dict[str, Any], api_key: str | None, sink: ChunkSink, trace: RelayTrace
     ) -> tuple[AsyncIterator[UpstreamChunk], UpstreamChunk | None]:
         """The stream and its first chunk, within the first-token deadline."""
         timeout = self.policy.first_token_timeout
         try:
             async with asyncio.timeout(timeout):
-                return await self._first_chunk(body, api_key, sink, record)
+                return await self._first_chunk(body, api_key, sink, trace)
         except TimeoutError:
             raise ApiError(
                 504, f"The upstream LLM sent no token within {timeout:g} s.", code="first_token_timeout"
             ) from None
 
-    async def _stream_with_tools(
-        self, body: dict[str, Any], api_key: str | None, sink: EventSink, record: RequestRecord, tools: ToolUse
-    ) -> None:
-        messages = list(body["messages"])
-        envelope: dict[str, Any] | None = None  # the first pass's id, created and model: the caller's
-        usage: dict[str, Any] | None = None
-        role_sent = False
-        finish_reason = "stop"
-        said = ""  # the end of the text the caller has had, to keep the passes' texts apart
-        while True:
-            record.passes += 1
-            pass_spoke = False
-            last = record.passes >= tools.max_passes
-            chunks, first = await self._open(tools.body_for_pass(body, messages, last), api_key, sink, record)
-            if record.upstream_first_chunk_ms is None and first is not None:
-                record.upstream_first_chunk_ms = record.elapsed_ms()
-            turn = tools.turn(body)
-            try:
-                chunk = first
-                while chunk is not None:
-                    data = chunk.data
-                    if envelope is None:
-                        envelope = {"id": data.get("id"), "created": data.get("created"), "model": data.get("model")}
-                    choices = data.get("choices")
-                    if not choices:
-                        usage = add_usage(usage, data.get("usage"))  # the usage chunk: summed, sent at the end
-                    else:
-                        choice = choices[0]
-                        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-                        if choice.get("finish_reason"):
-                            turn.finish_reason = choice["finish_reason"]
-                        shown = turn.delta_for_caller(delta)
-                        content = shown.get("content")
-                        if isinstance(content, str) and content:
-                            if not pass_spoke and record.passes > 1:
-                                separator = pass_separator(said, content)
-                                if separator:
-                                    shown = {**shown, "content": separator + content}
-                            pass_spoke = True
-                            said = shown["content"][-1:]
-                            record.add_reply(shown["content"])
-                        if role_sent and "role" in shown:
-                            shown = {key: value for key, value in shown.items() if key != "role"}
-                        role_sent = role_sent or "role" in shown
-                        if record.passes == 1 and shown is delta and not choice.get("finish_reason"):
-                            await sink.send(chunk.raw)  # as the upstream sent it
-                            record.mark_chunk()
-                        elif shown:
-                            rewritten = {
-                                **data,
-                                **envelope,
-                                "choices": [{**choice, "delta": shown, "finish_reason": None}],
-                            }
-                            rewritten.pop("usage", None)
-                            await sink.send(dumps(rewritten))
-                            record.mark_chunk()
-                    chunk = await anext(chunks, None)
-            finally:
-                await chunks.aclose()
-            exchange = await self._run_server_calls(tools, turn, last, turn.joined_text, record, sink)
-            if exchange is not None:
-                messages += exchange
-                continue
-            finish_reason = turn.finish_reason_for_caller(turn.finish_reason)
-            break
-        factory = ChunkFactory(
-            str(envelope["model"] if envelope else body.get("model", "")), str(envelope["id"] if envelope else "")
-        )
-        if envelope and isinstance(envelope["created"], int):
-            factory.created = envelope["created"]
-        await sink.send(dumps(factory.chunk({}, finish_reason=finish_reason)))
-        record.mark_chunk()
-        if usage is not None and include_usage(body):
-            await sink.send(dumps(factory.usage_chunk(usage)))
-            record.mark_chunk()
-        await sink.done()
-
     async def _first_chunk(
-        self, body: dict[str, Any], api_key: str | None, sink: EventSink, record: RequestRecord
+        self, body: dict[str, Any], api_key: str | None, sink: ChunkSink, trace: RelayTrace
     ) -> tuple[AsyncIterator[UpstreamChunk], UpstreamChunk | None]:
         """Opens the stream and waits for its first chunk, retrying what may be retried."""
         budget = RetryBudget(self.policy.retries)
         while True:
-            record.upstream_attempts += 1
+            trace.attempted()
             chunks = self.upstream.stream(body, api_key)
             try:
                 return chunks, await self._keep_alive(sink, anext(chunks))
@@ -227,31 +179,23 @@ class Relay:
             if delay:
                 await self._keep_alive(sink, asyncio.sleep(delay))
 
-    async def _run_server_calls(
-        self,
-        tools: ToolUse,
-        turn: Turn,
-        last: bool,
-        text: str | None,
-        record: RequestRecord,
-        sink: EventSink | None = None,
-    ) -> list[dict[str, Any]] | None:
-        """After a pass: runs the server's calls (not on the last pass) and returns the messages the next pass
-        adds, or None when the answer ends with this pass (no server calls, or the caller's calls to hand over)."""
-        server_calls, caller_calls = turn.server_calls(), turn.caller_calls()
-        if not server_calls or last:
-            return None
-        ended = record.elapsed_ms()
-        running = tools.registry.run_calls([call.as_tool_call() for call in server_calls], tools.tools)
-        outcomes = await (running if sink is None else self._keep_alive(sink, running))
-        exchange = exchange_messages(text, server_calls, outcomes)
-        tools.on_exchange(exchange, outcomes)
-        if caller_calls:
-            return None  # a mixed turn: the server's part is remembered, the caller's calls end the answer
-        record.pass_gaps_ms.append(round(record.elapsed_ms() - ended, 3))
-        return exchange
+    async def _complete_once(self, body: dict[str, Any], api_key: str | None, trace: RelayTrace) -> dict[str, Any]:
+        budget = RetryBudget(self.policy.retries)
+        while True:
+            trace.attempted()
+            try:
+                completion = await self.upstream.complete(body, api_key)
+                break
+            except UpstreamError as error:
+                delay = budget.delay_before_retry(error)
+            await asyncio.sleep(delay)
+        trace.upstream_answered()
+        message = (completion.get("choices") or [{}])[0].get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            trace.said(message["content"])
+        return completion
 
-    async def _keep_alive(self, sink: EventSink, waiting: Awaitable[T]) -> T:
+    async def _keep_alive(self, sink: ChunkSink, waiting: Awaitable[T]) -> T:
         """Awaits `waiting`; once the response has begun (the RAG waiting message), sends an SSE comment every
         `keepalive_seconds` meanwhile: clients such as LiveKit's give up after 10 s of silence."""
         interval = self.policy.keepalive_seconds
@@ -273,74 +217,115 @@ class Relay:
             elif not task.cancelled():
                 task.exception()  # retrieved, so a failure met while leaving is not logged as unhandled
 
-    async def complete(
-        self, body: dict[str, Any], api_key: str | None, record: RequestRecord, tools: ToolUse | None = None
-    ) -> dict[str, Any]:
-        """The upstream's completion, within `completion_timeout` (every attempt, and with tools every pass and
-        every tool call, included)."""
-        record.upstream_called_ms = record.elapsed_ms()
-        timeout = self.policy.completion_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                if tools is not None:
-                    return await self._complete_with_tools(body, api_key, record, tools)
-                return await self._complete_once(body, api_key, record)
-        except TimeoutError:
-            raise ApiError(
-                504, f"The upstream LLM did not answer within {timeout:g} s.", code="completion_timeout"
-            ) from None
+    # The tool loop ---------------------------------------------------------------------------------------------
 
-    async def _complete_once(self, body: dict[str, Any], api_key: str | None, record: RequestRecord) -> dict[str, Any]:
-        budget = RetryBudget(self.policy.retries)
-        while True:
-            record.upstream_attempts += 1
-            try:
-                completion = await self.upstream.complete(body, api_key)
-                break
-            except UpstreamError as error:
-                delay = budget.delay_before_retry(error)
-            await asyncio.sleep(delay)
-        if record.upstream_first_chunk_ms is None:
-            record.upstream_first_chunk_ms = record.elapsed_ms()
-        return completion
-
-    async def _complete_with_tools(
-        self, body: dict[str, Any], api_key: str | None, record: RequestRecord, tools: ToolUse
-    ) -> dict[str, Any]:
-        """The same final message as the stream: the text of every pass, the caller's calls, usage summed."""
+    async def _passes(
+        self, body: dict[str, Any], api_key: str | None, sink: ChunkSink, trace: RelayTrace, tools: ToolUse
+    ) -> None:
+        """The passes of one answer: each pass's text and the caller's tool calls relayed as they stream, the
+        server's calls run between passes, then one finish chunk, the usage summed, and [DONE]."""
         messages = list(body["messages"])
-        texts: list[str] = []
-        usage: dict[str, Any] | None = None
+        answer = _Answer()
         while True:
-            record.passes += 1
-            last = record.passes >= tools.max_passes
-            completion = await self._complete_once(tools.body_for_pass(body, messages, last), api_key, record)
-            usage = add_usage(usage, completion.get("usage"))
-            choices = completion.get("choices") or [{}]
-            message = choices[0].get("message") if isinstance(choices[0].get("message"), dict) else {}
-            if isinstance(message.get("content"), str) and message["content"]:
-                text = "".join(texts)
-                texts.append(pass_separator(text, message["content"]) + message["content"])
-            calls = message.get("tool_calls") or []
-            if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
-                raise UpstreamError(
-                    502, "The upstream's message has tool calls that are not a list of objects.",
-                    code="upstream_bad_response",
-                )  # fmt: skip
-            turn = tools.turn(body)
-            turn.delta_for_caller({"tool_calls": [{**call, "index": i} for i, call in enumerate(calls)]})
-            exchange = await self._run_server_calls(tools, turn, last, message.get("content"), record)
-            if exchange is not None:
-                messages += exchange
-                continue
-            final = {**message, "content": "".join(texts) or None}
-            caller_calls = turn.caller_calls()
-            if caller_calls:
-                final["tool_calls"] = [call.as_message_part() for call in caller_calls]
-            else:
-                final.pop("tool_calls", None)
-            finish_reason = turn.finish_reason_for_caller(choices[0].get("finish_reason"))
-            result = {**completion, "choices": [{**choices[0], "message": final, "finish_reason": finish_reason}]}
-            if usage is not None:
-                result["usage"] = usage
-            return result
+            number = trace.pass_began()
+            last = number >= tools.max_passes
+            chunks, first = await self._open(tools.body_for_pass(body, messages, last), api_key, sink, trace)
+            if first is not None:
+                trace.upstream_answered()
+            calls = tools.pass_calls(body)
+            try:
+                chunk = first
+                while chunk is not None:
+                    await answer.relay(chunk, calls, number, sink, trace)
+                    chunk = await anext(chunks, None)
+            finally:
+                await chunks.aclose()
+            exchange = await self._run_server_calls(tools, calls, last, sink, trace, number)
+            if exchange is None:
+                break
+            messages += exchange
+        await answer.finish(body, calls, sink, trace)
+
+    async def _run_server_calls(
+        self, tools: ToolUse, calls: PassCalls, last: bool, sink: ChunkSink, trace: RelayTrace, number: int
+    ) -> list[dict[str, Any]] | None:
+        """After a pass: runs the server's calls (not on the last pass) and returns the messages the next pass
+        adds, or None when the answer ends with this pass (no server calls, or the caller's calls to hand over)."""
+        server_calls, caller_calls = calls.server_calls(), calls.caller_calls()
+        if not server_calls or last:
+            return None
+        ended = asyncio.get_running_loop().time()
+        running = tools.registry.run_calls([call.as_tool_call() for call in server_calls], tools.tools)
+        outcomes = await self._keep_alive(sink, running)
+        for outcome in outcomes:
+            trace.tool_ran(outcome, number)
+        exchange = exchange_messages(calls.joined_text, server_calls, outcomes)
+        tools.on_exchange(exchange, outcomes)
+        if caller_calls:
+            return None  # a mixed turn: the server's part is remembered, the caller's calls end the answer
+        trace.pass_gap((asyncio.get_running_loop().time() - ended) * 1000)
+        return exchange
+
+
+def _say(trace: RelayTrace, data: dict[str, Any]) -> None:
+    content = content_of(data)
+    if content:
+        trace.said(content)
+
+
+class _Answer:
+    """What the caller has had of an answer across its passes: one id, created and model (the first pass's), one
+    role, the texts kept apart as sentences, the usage summed."""
+
+    def __init__(self) -> None:
+        self.envelope: dict[str, Any] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.role_sent = False
+        self.said = ""  # the end of the text the caller has had
+        self.spoke_in: int = 0  # the last pass that said something
+
+    async def relay(
+        self, chunk: UpstreamChunk, calls: PassCalls, number: int, sink: ChunkSink, trace: RelayTrace
+    ) -> None:
+        data = chunk.data
+        if self.envelope is None:
+            self.envelope = {"id": data.get("id"), "created": data.get("created"), "model": data.get("model")}
+        choices = data.get("choices")
+        if not choices:
+            self.usage = add_usage(self.usage, data.get("usage"))  # the usage chunk: summed, sent at the end
+            return
+        choice = choices[0]
+        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        if choice.get("finish_reason"):
+            calls.finish_reason = choice["finish_reason"]
+        shown = calls.delta_for_caller(delta)
+        content = shown.get("content")
+        if isinstance(content, str) and content:
+            if self.spoke_in != number and number > 1:
+                separator = pass_separator(self.said, content)
+                if separator:
+                    shown = {**shown, "content": separator + content}
+            self.spoke_in = number
+            self.said = shown["content"][-1:]
+            trace.said(shown["content"])
+        if self.role_sent and "role" in shown:
+            shown = {key: value for key, value in shown.items() if key != "role"}
+        self.role_sent = self.role_sent or "role" in shown
+        if number == 1 and shown is delta and not choice.get("finish_reason"):
+            await sink.send_chunk(data, chunk.raw)  # as the upstream sent it
+        elif shown:
+            rewritten = {**data, **self.envelope, "choices": [{**choice, "delta": shown, "finish_reason": None}]}
+            rewritten.pop("usage", None)
+            await sink.send_chunk(rewritten)
+
+    async def finish(self, body: dict[str, Any], calls: PassCalls, sink: ChunkSink, trace: RelayTrace) -> None:
+        envelope = self.envelope
+        factory = ChunkFactory(
+            str(envelope["model"] if envelope else body.get("model", "")), str(envelope["id"] if envelope else "")
+        )
+        if envelope and isinstance(envelope["created"], int):
+            factory.created = envelope["created"]
+        await sink.send_chunk(factory.chunk({}, finish_reason=calls.finish_reason_for_caller(calls.finish_reason)))
+        if self.usage is not None and include_usage(body):
+            await sink.send_chunk(factory.usage_chunk(self.usage))
+        await sink.done()

@@ -36,8 +36,8 @@ class ToolUse:
     max_passes: int
     on_exchange: ExchangeListener = lambda messages, outcomes: None
 
-    def turn(self, body: dict[str, Any]) -> Turn:
-        return Turn(set(self.tools), tool_names(body.get("tools")))
+    def pass_calls(self, body: dict[str, Any]) -> PassCalls:
+        return PassCalls(set(self.tools), tool_names(body.get("tools")))
 
     def body_for_pass(self, body: dict[str, Any], messages: list[dict[str, Any]], last: bool) -> dict[str, Any]:
         caller_tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
@@ -68,7 +68,7 @@ class _Call:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
-class Turn:
+class PassCalls:
     """One pass of the upstream, as it streams: its text and its tool calls, and the delta the caller may see."""
 
     def __init__(self, server_names: set[str], caller_names: set[str]) -> None:

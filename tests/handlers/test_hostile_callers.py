@@ -231,6 +231,7 @@ async def test_a_non_streamed_upstream_message_with_odd_tool_calls_is_a_502(
 ):
     message = {"role": "assistant", "content": None, "tool_calls": calls}
     fake_upstream.script = [ScriptedTurn(raw_message=message)]
+    fake_upstream.behaviour.ignore_stream = True  # a JSON completion, whatever was asked (the tool loop streams)
     response = await post(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Time?"}]})
     assert response.code == 502, response.body
     assert json.loads(response.body)["error"]["code"] == "upstream_bad_response"

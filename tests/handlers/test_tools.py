@@ -414,7 +414,10 @@ async def test_non_streaming_gives_the_same_final_message(tools_file, http_serve
     message = completion["choices"][0]["message"]
     assert message["content"] == "Let me check. Booked." and "tool_calls" not in message
     assert completion["choices"][0]["finish_reason"] == "stop"
-    assert completion["usage"]["total_tokens"] == 2 * (3 + 5)
+    usage = completion["usage"]  # summed over the two passes (the fake counts 3 prompt tokens a pass)
+    assert usage["prompt_tokens"] == 6 and usage["total_tokens"] == 6 + usage["completion_tokens"]
+    # The same answer as the stream, because it is the stream, collected: the upstream was asked to stream.
+    assert all(request.body["stream"] is True for request in fake_upstream.requests)
 
 
 @pytest.mark.gen_test(timeout=60)

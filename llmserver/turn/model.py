@@ -1,0 +1,66 @@
+"""A turn as the stages see it: the request, who asked, where the answer goes, and what the stages decide."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..audio.responder import ClipSink
+from ..endpoints import Endpoint
+from ..protocol.chat_request import ChatRequest
+from ..tools.registry import ToolOutcome
+from ..upstream.relay import ChunkSink
+from ..upstream.tool_loop import ToolUse
+from .trace import TurnTrace
+
+ExchangeListener = Callable[[list[dict[str, Any]], list[ToolOutcome]], None]
+
+
+class AnswerSink(ChunkSink, ClipSink, Protocol):
+    """Where an answer goes: chunks (and the audio endpoint's spliced clip chunks), comments, [DONE]."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking, as the HTTP layer established it."""
+
+    upstream_key: str | None = None  # the key to call the upstream with (None: the server's own)
+    credential: str | None = None  # the bearer token presented, which scopes the conversation's memory
+    conversation_header: str | None = None  # X-Conversation-Id
+
+
+@dataclass
+class ChatTurn:
+    chat: ChatRequest
+    endpoint: Endpoint
+    caller: Caller
+    sink: ChunkSink
+    trace: TurnTrace
+    body: dict[str, Any] = field(default_factory=dict)  # what goes upstream; the stages change it
+    conversation: str | None = None  # the memory's key
+    tools: ToolUse | None = None  # the server's tools offered, if any
+    exchange_listeners: list[ExchangeListener] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.body:
+            self.body = self.chat.body
+
+    @property
+    def last_user_index(self) -> int | None:
+        return max((i for i, m in enumerate(self.chat.messages) if m.get("role") == "user"), default=None)
+
+    @property
+    def opens_user_turn(self) -> bool:
+        """The request asks something new (its last message is the user's); not a caller returning with results."""
+        return self.chat.messages[-1].get("role") == "user"
+
+    def exchanged(self, messages: list[dict[str, Any]], outcomes: list[ToolOutcome]) -> None:
+        for listener in self.exchange_listeners:
+            listener(messages, outcomes)
+
+
+class Stage(Protocol):
+    """One step of preparing a turn: reads and changes the turn (its body, its tools), may send to its sink."""
+
+    async def __call__(self, turn: ChatTurn) -> None: ...

@@ -1,0 +1,58 @@
+"""The completion service: one chat turn, from a parsed request to its answer.
+
+    memory splice → [waiting message] → [retrieve → augment] → the server's tools offered → relay or tool loop
+    (streamed, or collected for `stream: false`), the exchange remembered as the tools run
+
+The stages are composed per endpoint here, in one place (llmserver.endpoints says what each endpoint does): a new
+stage is one file and one line below. The audio endpoint plays its clip (llmserver.audio.responder).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..audio.responder import ClipResponder
+from ..endpoints import ENDPOINTS, Endpoint
+from ..protocol.chat_request import ChatRequest
+from ..upstream.relay import Relay
+from .model import AnswerSink, Caller, ChatTurn, Stage
+from .trace import TurnTrace
+
+
+class CompletionService:
+    def __init__(
+        self,
+        relay: Relay,
+        clips: ClipResponder,
+        *,
+        conversation: Stage,
+        waiting_message: Stage | None,
+        retrieval: Stage,
+        server_tools: Stage,
+    ) -> None:
+        self.relay = relay
+        self.clips = clips
+        self._stages: dict[str, list[Stage]] = {}
+        for endpoint in ENDPOINTS:
+            stages = [conversation]
+            if endpoint.waiting_message and waiting_message is not None:
+                stages.append(waiting_message)
+            if endpoint.retrieves:
+                stages.append(retrieval)
+            if endpoint.offers_tools:
+                stages.append(server_tools)
+            self._stages[endpoint.name] = stages
+
+    async def answer(
+        self, chat: ChatRequest, endpoint: Endpoint, caller: Caller, sink: AnswerSink, trace: TurnTrace
+    ) -> dict[str, Any] | None:
+        """Streams the answer to `sink`, or (`stream: false`) returns it as one completion."""
+        if endpoint.plays_clip:
+            return await self.clips.answer(chat, sink, trace)
+        turn = ChatTurn(chat, endpoint, caller, sink, trace)
+        for stage in self._stages[endpoint.name]:
+            await stage(turn)
+        if chat.stream:
+            await self.relay.stream(turn.body, caller.upstream_key, sink, trace, turn.tools)
+            return None
+        return await self.relay.complete(turn.body, caller.upstream_key, trace, turn.tools)

@@ -1,0 +1,17 @@
+"""What a turn reports beyond the relay's events: whose conversation it is, what was retrieved, which clip played.
+The request record is the listener (llmserver.request_log.RequestRecord)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..request_log import AudioDetails, RetrievalDetails
+from ..upstream.trace import RelayTrace
+
+
+class TurnTrace(RelayTrace, Protocol):
+    def conversation_is(self, key: str | None) -> None: ...
+
+    def retrieved(self, details: RetrievalDetails) -> None: ...
+
+    def played(self, details: AudioDetails) -> None: ...

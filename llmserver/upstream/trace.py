@@ -1,0 +1,39 @@
+"""What a turn reports of itself as it runs: the upstream calls, what reached the caller, the passes and the tools.
+
+The relay, the tool loop and the turn's stages report here and know nothing of who listens; the request record
+(llmserver.request_log.RequestRecord) is the listener in the server, so that what a request leaves behind is kept
+in one place and each thing is counted once.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..tools.registry import ToolOutcome
+
+
+class RelayTrace(Protocol):
+    def upstream_called(self) -> None:
+        """The first upstream request of the answer is about to be made."""
+
+    def attempted(self) -> None:
+        """An upstream request was made (more than one when a failure before the first chunk was retried)."""
+
+    def upstream_answered(self) -> None:
+        """The upstream's first chunk (or completion) arrived."""
+
+    def sent(self, chunks: int = 1) -> None:
+        """Chunks reached the caller's connection."""
+
+    def said(self, text: str) -> None:
+        """Text of the answer, as the caller got it."""
+
+    def pass_began(self) -> int:
+        """A pass of the tool loop began; returns its number, from 1."""
+        ...
+
+    def pass_gap(self, ms: float) -> None:
+        """The server's own time between one pass's end and the next's upstream call, the tools' time included."""
+
+    def tool_ran(self, outcome: ToolOutcome, pass_number: int) -> None:
+        """A server tool call ended (well or not)."""
