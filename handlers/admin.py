@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tornado.httputil
 
+from llmserver.endpoints import ENDPOINTS
 from llmserver.protocol.errors import ApiError
 
 from .auth import AdminAccess, check_cross_site
@@ -34,7 +35,7 @@ class AdminPageHandler(AdminAccess, PageHandler):
             return self._log_in(token)
         if self.current_user is None:
             return self._token_form()
-        self.render_template("admin.html")
+        self.render_template("admin.html", endpoints=ENDPOINTS)
 
     def post(self) -> None:
         check_cross_site(self.request, self.config)

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.handlers.admin_client import cookies_of, sign_in_with_cookie
+from tests.handlers.admin_client import bearer, cookies_of, sign_in_with_cookie
 
 
 async def get(base_url: str, path: str, **kwargs):
@@ -77,3 +77,12 @@ async def test_static_files_are_served_locally(http_server, base_url):
         assert response.headers["X-Request-Id"].startswith("req_")
     missing = await get(base_url, "/static/nothing.js")
     assert missing.code == 404 and json.loads(missing.body)["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.gen_test
+async def test_the_dashboards_endpoint_filters_list_every_endpoint_of_the_table(http_server, base_url, services):
+    from llmserver.endpoints import ENDPOINTS
+
+    page = (await bearer(base_url, services.admin_token).fetch("GET", "/admin")).body.decode()
+    for endpoint in ENDPOINTS:
+        assert page.count(f'<option value="{endpoint.name}"') == 2  # the live log's filter and the history's
