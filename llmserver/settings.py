@@ -161,6 +161,12 @@ class Settings:
     workers: int = setting(
         1, "processes serving the port (auto: one per core); more than 1 needs REDIS_URL", env="WORKERS", parse=_workers
     )
+    event_loop: str = setting(
+        "auto",
+        "the event loop: uvloop, asyncio (Python's own), or auto (uvloop where it is installed)",
+        env="EVENT_LOOP",
+        parse=_choice("auto", "uvloop", "asyncio"),
+    )
     backlog: int = setting(
         1024, "connections the OS queues before the server accepts them", env="BACKLOG", parse=_number(int, 1, 65535)
     )

@@ -264,3 +264,16 @@ async def test_running_out_of_file_descriptors_is_reported_not_a_traceback_storm
 async def _healthy(client: AsyncHTTPClient, url: str) -> bool:
     response = await client.fetch(url + "/healthz", raise_error=False, request_timeout=5)
     return response.code == 200
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+@pytest.mark.gen_test(timeout=60)
+async def test_either_event_loop_serves(tmp_path, io_loop, loop):
+    process, url, _ = await start_server(tmp_path, "--embeddings", "none", EVENT_LOOP=loop)
+    try:
+        result = await stream(url, "/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})
+        assert result.response.code == 200 and result.events[-1] == "[DONE]"
+    finally:
+        process.terminate()
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert f"event loop: {loop}" in stderr.decode()
