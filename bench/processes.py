@@ -47,7 +47,9 @@ def wait_until_ready(port: int, seconds: float = 180.0) -> None:
 
 
 @contextlib.contextmanager
-def llm_server(upstream_port: int | None, *args: str, **env: str) -> Iterator[int]:
+def llm_server(upstream_port: int | None, *args: str, root: str = ROOT, **env: str) -> Iterator[int]:
+    """`server.py` of `root` (this checkout, or another version's tree) against the fake upstream, on a temporary
+    data directory; yields its port once it is ready."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
     if upstream_port is not None:
         environment["OPENAI_BASE_URL"] = f"http://127.0.0.1:{upstream_port}/v1"
@@ -61,7 +63,7 @@ def llm_server(upstream_port: int | None, *args: str, **env: str) -> Iterator[in
             args = ("--data-dir", data, *args)
         process = subprocess.Popen(
             [sys.executable, "server.py", "--port", "0", *args],
-            cwd=ROOT,
+            cwd=root,
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
