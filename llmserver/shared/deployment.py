@@ -4,7 +4,6 @@ start-up by the composition root when REDIS_URL is set."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -48,16 +47,21 @@ class SharedDeployment:
         """One admin token and cookie secret for every process: the first process's, kept in Redis (and put back
         by every process if Redis loses them, so that a process starting later still signs in alike)."""
         key = self.state.key("admin:secrets")
-        mine_json = json.dumps({"admin_token": mine.admin_token, "cookie_secret": mine.cookie_secret})
+        mine_json = mine.to_json()
         self.state.sync.set(key, mine_json, nx=True)
         kept_json = self.state.sync.get(key)
-        kept = json.loads(kept_json)
+        try:
+            kept = AdminSecrets.from_json(kept_json)
+        except (TypeError, ValueError) as exc:  # never a secret such as "None": this process's replace them
+            logger.warning("the admin secrets in Redis (%s) cannot be used (%s); this process's replace them", key, exc)
+            self.state.sync.set(key, mine_json)
+            kept, kept_json = mine, mine_json
 
         async def restore() -> None:
             await self.state.aio.set(key, kept_json, nx=True)  # one command; nothing when they are there
 
         self.state.on(None, None, restore)  # nothing is announced about them
-        return AdminSecrets(str(kept["admin_token"]), str(kept["cookie_secret"]))
+        return kept
 
     def knowledge_storage(self, max_document_chars: int) -> RedisKnowledgeStorage:
         return RedisKnowledgeStorage(self.state, max_document_chars)
