@@ -264,3 +264,12 @@ async def test_running_out_of_file_descriptors_is_reported_not_a_traceback_storm
 async def _healthy(client: AsyncHTTPClient, url: str) -> bool:
     response = await client.fetch(url + "/healthz", raise_error=False, request_timeout=5)
     return response.code == 200
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sigterm_as_soon_as_the_start_line_appears_still_drains_and_exits_0(tmp_path, io_loop):
+    process, _, _ = await start_server(tmp_path, "--embeddings", "none")
+    process.terminate()
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    assert "shutting down" in stderr.decode()
