@@ -17,7 +17,7 @@ from .admin_secrets import keep as keep_secrets
 from .audio.codec import AudioError
 from .audio.library import AudioLibrary
 from .audio.responder import ClipResponder
-from .history import RequestHistory
+from .history import HistoryOff, RequestHistory, open_history
 from .knowledge.embeddings import EmbeddingCache, EmbeddingError, build_embedder
 from .knowledge.fusion import DEFAULT_POLICY
 from .knowledge.retriever import Retriever
@@ -69,7 +69,7 @@ class Services:
     memory: ConversationMemory
     audio_library: AudioLibrary
     metrics: Metrics
-    history: RequestHistory
+    history: RequestHistory | HistoryOff
     admin_token: str = field(repr=False)
     cookie_secret: str = field(repr=False)
     shared: SharedDeployment | None = None  # with REDIS_URL: the state shared with the other processes
@@ -118,15 +118,16 @@ class Services:
         """Request records that could not be shipped to the other processes (Redis unreachable too long)."""
         return self.shared.dropped if self.shared is not None else 0
 
-    def readiness(self) -> dict[str, bool]:
-        """What /readyz reports: each part the server needs to answer as configured."""
-        checks = {
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """What /readyz reports: whether the server answers as configured, and each part's state. The history is
+        shown, never decisive: completions go on without it (unlogged)."""
+        needed = {
             "knowledge_base": True,
             "embedding_model": self.retriever.embedder is None or self.retriever.semantic_ready,
         }
         if self.shared is not None:
-            checks["redis"] = self.shared.available
-        return checks
+            needed["redis"] = self.shared.available
+        return all(needed.values()), {**needed, "history": self.history.available}
 
     async def aclose(self) -> None:
         if self.shared is not None:
@@ -193,9 +194,11 @@ def build_retriever(settings: Settings) -> Retriever:
         raise StartupError(str(exc)) from None
     cache = None
     if embedder is not None:
-        cache = EmbeddingCache(
-            os.path.join(os.path.dirname(os.path.abspath(settings.knowledge_path)), "embeddings.sqlite3")
-        )
+        path = os.path.join(os.path.dirname(os.path.abspath(settings.knowledge_path)), "embeddings.sqlite3")
+        try:
+            cache = EmbeddingCache(path)  # a damaged file, or a folder of that name, is set aside
+        except (sqlite3.Error, OSError) as exc:  # a full disk, a folder that cannot be written: served without it
+            logger.warning("embedding cache off: %s cannot be opened (%s); every start embeds everything", path, exc)
     return Retriever(
         embedder,
         cache,
@@ -292,14 +295,12 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
         on_in_flight=metrics.in_flight.set,
     )
     request_log.watch_local(metrics.observe)
-    try:
-        history = RequestHistory(
-            os.path.join(settings.data_dir, "history.sqlite3"),
-            max_records=settings.history_records,
-            max_days=settings.history_days,
-        )
-    except sqlite3.Error as exc:
-        raise StartupError(f"cannot open the request history in {settings.data_dir}: {exc}") from None
+    history = open_history(
+        os.path.join(settings.data_dir, "history.sqlite3"),
+        max_records=settings.history_records,
+        max_days=settings.history_days,
+        on_drop=metrics.dropped.labels("history").inc,
+    )
     if keeps_others_history:
         request_log.subscribe(history.add)
     else:
