@@ -119,15 +119,18 @@ class Services:
         return self.shared.dropped if self.shared is not None else 0
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
-        """What /readyz reports: whether the server answers as configured, and each part's state. The history is
-        shown, never decisive: completions go on without it (unlogged)."""
+        """What /readyz reports: whether the server answers as configured, and each part's state. Only the parts
+        answers depend on decide it. Redis and the history are shown, never decisive: completions go on without
+        them (from this process's copy of the shared state; unlogged), and a check that fails on every instance at
+        once, as a Redis outage does, would turn a load balancer's health check into a full outage."""
         needed = {
             "knowledge_base": True,
             "embedding_model": self.retriever.embedder is None or self.retriever.semantic_ready,
         }
+        checks = {**needed, "history": self.history.available}
         if self.shared is not None:
-            needed["redis"] = self.shared.available
-        return all(needed.values()), {**needed, "history": self.history.available}
+            checks["redis"] = self.shared.available
+        return all(needed.values()), checks
 
     async def aclose(self) -> None:
         if self.shared is not None:

@@ -126,6 +126,9 @@ class SharedState:
                     if time.monotonic() >= next_resync:
                         await self._resync()
                         next_resync = time.monotonic() + RESYNC_SECONDS
+                        # Subscribed and just read from Redis: reachable, whatever a shipper's or an edit's failure
+                        # said meanwhile (they mark it unreachable; only this loop marks it back).
+                        self.available = True
             except asyncio.CancelledError:
                 raise
             except (*REDIS_ERRORS, SharedStoreUnavailable) as exc:  # the latter: a re-read that found Redis gone
@@ -136,11 +139,24 @@ class SharedState:
                 self.available = False
                 self.listening.clear()
                 missed = True
+                pause = RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
+                logger.debug("shared store: no subscription (%s); trying again in %g s", exc, pause)
+                await self._forget_idle_connections()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
             attempt += 1
+
+    async def _forget_idle_connections(self) -> None:
+        """Closes the pooled connections nobody is using. Made before the outage, they are dead (Redis restarted, or
+        the network dropped them): each would fail once more after Redis is back, and the re-read that failed so
+        would cost the listener another pause (up to 5 s) before it counts as reconnected. Connections in use are
+        left alone (closing one could cut a command half-done); they fail, and are dropped, by themselves."""
+        with contextlib.suppress(Exception):
+            await self.aio.connection_pool.disconnect(inuse_connections=False)
+        with contextlib.suppress(Exception):
+            self.sync.connection_pool.disconnect(inuse_connections=False)
 
     async def _resync(self) -> None:
         for handler in self._resyncs:
