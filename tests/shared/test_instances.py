@@ -362,3 +362,12 @@ async def test_a_re_read_that_finds_redis_gone_is_an_outage_to_wait_out_not_an_e
         assert len(attempts) == 2 and state.available  # re-read again once reconnected; no error logged
     finally:
         await state.aclose()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_single_failed_command_does_not_leave_redis_marked_unreachable(instances):
+    """An edit's or a shipper's command that failed once (a connection dropped) marks Redis unreachable; with the
+    listener still subscribed, nothing else would mark it back, and /readyz and the dashboard said so for good."""
+    a, _ = instances
+    a.services.shared.state.unavailable()  # what a store's failed command does
+    await eventually(lambda: a.services.shared.available, timeout=10, what="the next periodic re-read corrects it")
