@@ -240,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not settings.redis_url:
             print(
                 f"error: {settings.workers} workers (--workers or WORKERS) need REDIS_URL (or --redis-url): they "
-                "share the knowledge base, the audio clips, the conversation memory, the live log and the admin "
-                "sign-in through Redis. Start one (for example `redis-server`) and set "
+                "share the knowledge base, the audio clips, the tool switch, the conversation memory, the live log "
+                "and the admin sign-in through Redis. Start one (for example `redis-server`) and set "
                 "REDIS_URL=redis://localhost:6379/0, or run one worker.",
                 file=sys.stderr,
             )

@@ -114,6 +114,16 @@ class Services:
         self.tools.sources = [*sources, *servers]
         await self.tools.reload()
 
+    def set_tool_enabled(self, name: str, enabled: bool) -> None:
+        """Offers the tool again, or stops offering it: in every process when they share state (then refused with
+        SharedStoreUnavailable while Redis is unreachable). Blocking: run it in a worker thread."""
+        if self.shared is not None and self.shared.tool_switch is not None:
+            self.shared.tool_switch.set_enabled(name, enabled)
+        elif enabled:
+            self.tools.disabled.discard(name)
+        else:
+            self.tools.disabled.add(name)
+
     def dropped_records(self) -> int:
         """Request records that could not be shipped to the other processes (Redis unreachable too long)."""
         return self.shared.dropped if self.shared is not None else 0
@@ -311,10 +321,12 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
     kept = admin_secrets(settings, shared)
     audio_library = open_audio_library(settings, shared)
     memory = ConversationMemory(settings.memory_conversations, settings.memory_messages, settings.memory_seconds)
-    if shared is not None:
-        shared.share(knowledge_base, audio_library, memory, request_log, metrics.dropped.labels("shared_log").inc)
-    upstream = build_upstream(settings)
     tools = build_tools(settings, retriever)
+    if shared is not None:
+        shared.share(
+            knowledge_base, audio_library, memory, tools, request_log, metrics.dropped.labels("shared_log").inc
+        )
+    upstream = build_upstream(settings)
     return Services(
         admin_token=kept.admin_token,
         cookie_secret=kept.cookie_secret,

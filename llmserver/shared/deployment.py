@@ -13,11 +13,13 @@ from ..audio.library import AudioLibrary
 from ..knowledge.store import KnowledgeBase
 from ..request_log import RequestLog
 from ..tools.memory import ConversationMemory
+from ..tools.registry import ToolRegistry
 from .audio_store import RedisClipStore
 from .knowledge_store import RedisKnowledgeStorage
 from .log_stream import SharedRequestLog
 from .memory_sync import SharedMemory
 from .redis_state import REDIS_ERRORS, SharedState
+from .tool_switch import SharedToolSwitch
 
 logger = logging.getLogger("llmserver.shared")
 
@@ -27,6 +29,7 @@ class SharedDeployment:
         self.state = SharedState(url, prefix, instance)
         self.log: SharedRequestLog | None = None
         self.memory: SharedMemory | None = None
+        self.tool_switch: SharedToolSwitch | None = None
 
     def connect(self) -> None:
         """Raises ConnectionError (with Redis's reason) when Redis cannot be reached: the server does not start."""
@@ -74,6 +77,7 @@ class SharedDeployment:
         knowledge_base: KnowledgeBase,
         audio_library: AudioLibrary,
         memory: ConversationMemory,
+        tools: ToolRegistry,
         request_log: RequestLog,
         on_drop: Callable[[int], None],
     ) -> None:
@@ -101,6 +105,8 @@ class SharedDeployment:
         self.state.on("audio", audio_changed, lambda: in_thread(audio_library.refresh))
         self.memory = SharedMemory(self.state, memory)
         self.memory.load()
+        self.tool_switch = SharedToolSwitch(self.state, tools)
+        self.tool_switch.load()
         self.log = SharedRequestLog(self.state, request_log, on_drop)
 
     def start(self) -> None:

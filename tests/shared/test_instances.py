@@ -371,3 +371,60 @@ async def test_a_single_failed_command_does_not_leave_redis_marked_unreachable(i
     a, _ = instances
     a.services.shared.state.unavailable()  # what a store's failed command does
     await eventually(lambda: a.services.shared.available, timeout=10, what="the next periodic re-read corrects it")
+
+
+CHAT = {"messages": [{"role": "user", "content": "What time is it?"}]}
+
+
+async def offers(instance, fake_upstream, tool: str) -> bool:
+    """Whether a request through `instance` went upstream with the server's tool `tool`."""
+    result = await stream(instance.base_url, "/chat/completions", CHAT)
+    assert result.events[-1] == "[DONE]"
+    sent = fake_upstream.requests[-1].body.get("tools") or []
+    return tool in {entry["function"]["name"] for entry in sent}
+
+
+async def switch(instance, tool: str, enabled: bool):
+    return await bearer(instance.base_url, instance.services.admin_token).fetch(
+        "PUT", f"/admin/api/tools/{tool}", {"enabled": enabled}
+    )
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.gen_test(timeout=60)
+async def test_a_tool_switched_off_through_one_instance_is_offered_by_none(instances, fake_upstream):
+    a, b = instances
+    assert await offers(b, fake_upstream, "current_time")
+    switched = await switch(a, "current_time", False)
+    assert switched.code == 200 and json.loads(switched.body)["enabled"] is False
+    assert not await offers(a, fake_upstream, "current_time")
+    await eventually(lambda: not_(offers(b, fake_upstream, "current_time")), what="b stops offering it")
+    assert await offers(b, fake_upstream, "search_knowledge_base")  # the others stay on
+
+    # An instance starting now reads the switch; switched on again through b, a offers it again.
+    c = start_instance(dataclasses.replace(a.services.settings), "c")
+    try:
+        assert not await offers(c, fake_upstream, "current_time")
+    finally:
+        await stop_instance(c)
+    assert (await switch(b, "current_time", True)).code == 200
+    await eventually(lambda: offers(a, fake_upstream, "current_time"), what="a offers it again")
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.gen_test(timeout=60)
+async def test_a_tool_switched_while_an_instance_is_cut_off_reaches_it_when_it_reconnects(partitioned, fake_upstream):
+    a, b, proxy = partitioned
+    proxy.cut()
+    await eventually(lambda: not b.services.shared.available, what="b notices")
+    assert (await switch(a, "current_time", False)).code == 200  # announced while b hears nothing
+    refused = await switch(b, "search_knowledge_base", False)
+    assert refused.code == 503 and json.loads(refused.body)["error"]["code"] == "shared_store_unavailable"
+    assert await offers(b, fake_upstream, "current_time")  # b answers from its own copy meanwhile
+    proxy.restore()
+    await eventually(lambda: not_(offers(b, fake_upstream, "current_time")), what="b catches up")
+    assert await offers(a, fake_upstream, "search_knowledge_base")  # b's refused switch changed nothing
+
+
+async def not_(outcome) -> bool:
+    return not await outcome
