@@ -54,6 +54,7 @@ class SharedState:
         self.available = True
         self._handlers: dict[str, EventHandler] = {}
         self._resyncs: list[ResyncHandler] = []
+        self._catch_ups: list[ResyncHandler] = []
         self._tasks: list[asyncio.Task] = []
         self.closing = False  # set by aclose: background loops end
         self.listening = asyncio.Event()  # subscribed and caught up: announcements from now on are heard
@@ -70,13 +71,25 @@ class SharedState:
         start)."""
         self.sync.ping()
 
-    def on(self, kind: str | None, handler: EventHandler | None, resync: ResyncHandler | None = None) -> None:
+    def on(
+        self,
+        kind: str | None,
+        handler: EventHandler | None,
+        resync: ResyncHandler | None = None,
+        *,
+        catch_up: ResyncHandler | None = None,
+    ) -> None:
         """`handler(event)` hears other processes' events of `kind`; `resync()` runs every few seconds and when
-        Redis is back, and re-reads what the process may have missed (or puts back what Redis lost)."""
+        Redis is back, and re-reads what the process may have missed (or puts back what Redis lost). `catch_up()`
+        runs only after each subscription (at start, and when Redis is back): for state with no version to compare,
+        whose announcements a process can only miss while it is not subscribed (a subscription delivers every
+        message, in order, for as long as it lasts; Redis ends one that falls too far behind)."""
         if kind is not None and handler is not None:
             self._handlers[kind] = handler
         if resync is not None:
             self._resyncs.append(resync)
+        if catch_up is not None:
+            self._catch_ups.append(catch_up)
 
     def event(self, kind: str, **fields: Any) -> str:
         return json.dumps({"kind": kind, "origin": self.instance, **fields}, ensure_ascii=False)
@@ -111,7 +124,7 @@ class SharedState:
                 await pubsub.subscribe(self.channel)
                 # What changed before the subscription took effect (since the start-up read, or during an outage)
                 # was announced to no one here: re-read it now, not at the next periodic re-read.
-                await self._resync()
+                await self._resync(catching_up=True)
                 if missed:
                     logger.info("shared store: Redis reachable again; state re-read")
                 self.listening.set()
@@ -158,8 +171,8 @@ class SharedState:
         with contextlib.suppress(Exception):
             self.sync.connection_pool.disconnect(inuse_connections=False)
 
-    async def _resync(self) -> None:
-        for handler in self._resyncs:
+    async def _resync(self, catching_up: bool = False) -> None:
+        for handler in [*self._resyncs, *(self._catch_ups if catching_up else ())]:
             try:
                 await handler()
             except (*REDIS_ERRORS, SharedStoreUnavailable):

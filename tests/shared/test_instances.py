@@ -428,3 +428,37 @@ async def test_a_tool_switched_while_an_instance_is_cut_off_reaches_it_when_it_r
 
 async def not_(outcome) -> bool:
     return not await outcome
+
+
+def tool_exchange(question: str, call_id: str, result: str) -> Exchange:
+    return Exchange(
+        question,
+        None,
+        (
+            {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function"}]},
+            {"role": "tool", "tool_call_id": call_id, "content": result},
+        ),
+    )
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_memory_made_while_an_instance_is_cut_off_reaches_it_when_it_reconnects(partitioned):
+    """Announcements are heard at most once: what was announced while b was not subscribed must be read back."""
+    a, b, proxy = partitioned
+    first = tool_exchange("What is it like in Oslo?", "call_1", "4 degrees")
+    a.services.memory.remember("user:ada", first)
+    await eventually(lambda: b.services.memory.get("user:ada") is not None, what="b hears it live")
+
+    proxy.cut()
+    await eventually(lambda: not b.services.shared.available, what="b notices")
+    second = tool_exchange("And in Bergen?", "call_2", "7 degrees")
+    a.services.memory.remember("user:ada", second)  # a conversation b holds already
+    a.services.memory.remember("user:grace", tool_exchange("Time in Tokyo?", "call_3", "09:00"))  # and a new one
+    redis = a.services.shared.state.sync
+    await eventually(lambda: redis.llen("llm:memory:user:ada") == 2 and redis.exists("llm:memory:user:grace"))
+    assert len(b.services.memory.get("user:ada")) == 1 and b.services.memory.get("user:grace") is None
+
+    proxy.restore()
+    await eventually(lambda: b.services.memory.get("user:grace") is not None, what="b catches up")
+    assert b.services.memory.get("user:ada") == a.services.memory.get("user:ada")  # each exchange once, in order
+    assert b.services.memory.get("user:grace") == a.services.memory.get("user:grace")
