@@ -55,8 +55,8 @@ class SharedDeployment:
         kept_json = self.state.sync.get(key)
         try:
             kept = AdminSecrets.from_json(kept_json)
-        except (TypeError, ValueError) as exc:  # never a secret such as "None": this process's replace them
-            logger.warning("the admin secrets in Redis (%s) cannot be used (%s); this process's replace them", key, exc)
+        except (TypeError, ValueError) as exc:  # never a secret such as "None": this process's take their place
+            logger.warning("the admin secrets in Redis (%s) cannot be used (%s); this process's are kept", key, exc)
             self.state.sync.set(key, mine_json)
             kept, kept_json = mine, mine_json
 
