@@ -152,13 +152,12 @@ class SharedState:
                 self.available = False
                 self.listening.clear()
                 missed = True
-                pause = RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
-                logger.debug("shared store: no subscription (%s); trying again in %g s", exc, pause)
+                logger.debug("shared store: no subscription (%s); trying again in %g s", exc, _pause(attempt))
                 await self._forget_idle_connections()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-            await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
+            await asyncio.sleep(_pause(attempt))
             attempt += 1
 
     async def _forget_idle_connections(self) -> None:
@@ -209,6 +208,11 @@ class SharedState:
             _, pending = await asyncio.wait(pending, timeout=0.1)
         await self.aio.aclose()
         self.sync.close()
+
+
+def _pause(attempt: int) -> float:
+    """Seconds to wait before the next attempt after `attempt` failed ones: growing, up to the longest."""
+    return RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
 
 
 class Shipper:
@@ -262,5 +266,5 @@ class Shipper:
                     if self.state.closing:
                         return
                     self.state.available = False
-                    await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
+                    await asyncio.sleep(_pause(attempt))
                     attempt += 1
