@@ -200,6 +200,11 @@ async def serve(settings: Settings, announce: Callable[[list[str]], None] | None
         if settings.admin_token
         else f"Admin dashboard: {admin_url}?token={services.admin_token}",
     ]
+    # Before the start line: a SIGTERM sent as soon as it appears must drain, not kill the process outright.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     if announce is None:
         for line in lines:
             print(line, flush=True)
@@ -209,10 +214,6 @@ async def serve(settings: Settings, announce: Callable[[list[str]], None] | None
     # Objects made at start-up (the knowledge index, the SDK) live as long as the process: keep them out of the
     # garbage collector's scans, which otherwise add pauses to every stream.
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
     logger.info("shutting down: %d request(s) in flight", services.request_log.in_flight)
@@ -257,8 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not settings.redis_url:
             print(
                 f"error: {settings.workers} workers (--workers or WORKERS) need REDIS_URL (or --redis-url): they "
-                "share the knowledge base, the audio clips, the conversation memory, the live log and the admin "
-                "sign-in through Redis. Start one (for example `redis-server`) and set "
+                "share the knowledge base, the audio clips, the tool switch, the conversation memory, the live log "
+                "and the admin sign-in through Redis. Start one (for example `redis-server`) and set "
                 "REDIS_URL=redis://localhost:6379/0, or run one worker.",
                 file=sys.stderr,
             )

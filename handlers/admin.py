@@ -50,7 +50,7 @@ class AdminPageHandler(AdminAccess, PageHandler):
         self._log_in(token)
 
     def _log_in(self, token: str) -> None:
-        self.check_token_throttle()
+        self.check_token_throttle(token)
         if self.token_matches(token):
             self.remember_admin()
             self.redirect("/admin", status=303)

@@ -228,17 +228,14 @@ class ToolsReloadHandler(AdminApiHandler):
 class ToolHandler(AdminApiHandler):
     """PUT /admin/api/tools/{name} with {"enabled": bool}: offer the tool, or not."""
 
-    def put(self, name: str) -> None:
+    async def put(self, name: str) -> None:
         tools = self.services.tools
         if name not in tools.all_tools():
             raise ApiError(404, f"No tool named {name!r}.", param="name", code="not_found")
         enabled = self.json_object().get("enabled")
         if not isinstance(enabled, bool):
             raise ApiError(400, "'enabled' must be true or false.", param="enabled")
-        if enabled:
-            tools.disabled.discard(name)
-        else:
-            tools.disabled.add(name)
+        await self.in_worker(self.services.set_tool_enabled, name, enabled)  # with Redis: every process
         self.write_json(next(tool for tool in tools.describe() if tool["name"] == name))
 
 

@@ -1,24 +1,45 @@
 """The admin token and the cookie secret: generated once and kept, so a restart does not sign operators out.
 
 Kept in DATA_DIR/secrets.json (mode 600), or in Redis when workers and instances share it (all of them must sign
-and check cookies alike). ADMIN_TOKEN and COOKIE_SECRET, when set, win.
+and check cookies alike). ADMIN_TOKEN and COOKIE_SECRET, when set, win. A kept value that is not a non-empty string
+is never used (as text it would become a guessable secret such as "None"): the secrets are made again.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from .files import stage_file, sync_folder, write_atomically
+
+logger = logging.getLogger("llmserver.admin")
 
 
 @dataclass(frozen=True)
 class AdminSecrets:
     admin_token: str
     cookie_secret: str
+
+    def to_json(self) -> str:
+        return json.dumps({"admin_token": self.admin_token, "cookie_secret": self.cookie_secret})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AdminSecrets:
+        """The secrets as to_json wrote them; ValueError for anything else."""
+        data: Any = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        values = [data.get("admin_token"), data.get("cookie_secret")]
+        # Only what generate() makes: non-empty text without surrounding spaces (a sign-in strips those, so such a
+        # token could never be presented).
+        if not all(isinstance(value, str) and value and value == value.strip() for value in values):
+            raise ValueError("admin_token and cookie_secret must be non-empty strings")
+        return cls(*values)
 
 
 def generate() -> AdminSecrets:
@@ -31,7 +52,7 @@ def keep(path: str, kept: AdminSecrets) -> None:
 
 
 def _encoded(kept: AdminSecrets) -> bytes:
-    return json.dumps({"admin_token": kept.admin_token, "cookie_secret": kept.cookie_secret}).encode()
+    return kept.to_json().encode()
 
 
 def load_or_create(path: str) -> AdminSecrets:
@@ -43,8 +64,9 @@ def load_or_create(path: str) -> AdminSecrets:
             return _read(path)
         except FileNotFoundError:
             damaged = False
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError) as exc:
             damaged = True  # not ours to read: replaced
+            logger.warning("the admin secrets in %s cannot be used (%s); new ones are made", path, exc)
         made = generate()
         staged = stage_file(path, _encoded(made), mode=0o600)  # never readable by others, not even for a moment
         try:
@@ -64,6 +86,5 @@ def load_or_create(path: str) -> AdminSecrets:
 
 
 def _read(path: str) -> AdminSecrets:
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
-    return AdminSecrets(str(data["admin_token"]), str(data["cookie_secret"]))
+    with open(path, "rb") as handle:
+        return AdminSecrets.from_json(handle.read())

@@ -1,5 +1,5 @@
-"""Atomic file writes: the stored knowledge base and audio clips are never left half-written. And the one signal
-the shared storages (Redis) give a process that is behind."""
+"""Atomic file writes: the stored knowledge base and audio clips are never left half-written; damaged files set
+aside, never deleted; and the one signal the shared storages (Redis) give a process that is behind."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import sqlite3
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 logger = logging.getLogger("llmserver.files")
 TEMPORARY_PREFIX = ".tmp-"
+T = TypeVar("T")
 
 
 class StaleState(Exception):
@@ -104,6 +107,29 @@ def remove_stale_temporaries(folder: str) -> None:
                 logger.warning("could not remove the temporary file %s: %s", entry, exc)
 
 
+SQLITE_FILES = ("", "-wal", "-shm")  # a SQLite database in WAL mode: the file and its two companions
+
+
+def set_aside(path: str, companions: tuple[str, ...] = ("",)) -> str:
+    """Renames `path` (with the files named `path + suffix` for each of `companions`) to PATH.damaged-<time>, so that
+    a new one can take its place and the old stays for whoever wants to look; returns the new name. A companion that
+    does not exist is skipped; OSError when `path` itself cannot be renamed."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = f"{path}.damaged-{stamp}"
+    count = 1
+    while any(os.path.lexists(aside + suffix) for suffix in companions):
+        count += 1
+        aside = f"{path}.damaged-{stamp}-{count}"
+    for suffix in companions:
+        # The companions keep their suffixes: an aside SQLite file still finds its journal beside it.
+        try:
+            os.rename(path + suffix, aside + suffix)
+        except FileNotFoundError:
+            if not suffix:
+                raise
+    return aside
+
+
 def open_database(path: str, *, wait: float = 10.0) -> sqlite3.Connection:
     """A SQLite connection in WAL mode that waits (up to `wait` seconds) for other processes' locks: workers
     share the history and the embedding cache. Switching to WAL takes a lock the busy timeout does not cover, so
@@ -119,3 +145,20 @@ def open_database(path: str, *, wait: float = 10.0) -> sqlite3.Connection:
                 connection.close()
                 raise
             time.sleep(0.02)
+
+
+def open_or_set_aside(path: str, open_database: Callable[[], T], what: str) -> T:
+    """`open_database()` for the SQLite file at `path`; if what is there is damaged (not a database, a corrupt
+    one, another program's, or not a file at all), it is set aside and a new one opened. Anything else (a full
+    disk, a folder that cannot be written, another process's lock) leaves the file as it is and raises
+    sqlite3.Error or OSError."""
+    try:
+        return open_database()
+    except sqlite3.DatabaseError as exc:
+        # SQLITE_ERROR on opening: the file is a database, but its tables are not the ones made here.
+        damaged = exc.sqlite_errorname in ("SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_ERROR")
+        if not (damaged or (os.path.lexists(path) and not os.path.isfile(path))):
+            raise
+        aside = set_aside(path, SQLITE_FILES)
+        logger.warning("%s %s cannot be read (%s); set aside as %s, starting a new one", what, path, exc, aside)
+    return open_database()

@@ -2,8 +2,12 @@
 records and HISTORY_DAYS days, paged back through and filtered by endpoint, outcome, time and text.
 
 Records are written by a background thread in batches, so the event loop never waits on the disk; a record that
-cannot be queued (the writer far behind) is counted as dropped. Several workers may share one file: a record's key
-is unique, and the same record written twice is written once.
+cannot be queued (the writer far behind) or written (a full disk) is counted as dropped. Several workers may share
+one file: a record's key is unique, and the same record written twice is written once.
+
+The history is a log, never a reason not to serve: a damaged file is set aside and a new one started, and a file
+that cannot be opened at all (a full disk, a folder that cannot be written) turns the history off (HistoryOff):
+requests are served, their records are not kept, and /readyz says so.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from .files import open_database
+from .files import open_database, open_or_set_aside
+from .protocol.errors import ServiceError
 from .request_log import safe_text
 
 logger = logging.getLogger("llmserver.history")
@@ -55,42 +61,81 @@ def _search_text(record: dict[str, Any]) -> str:
     return "\n".join(str(part) for part in parts).lower()
 
 
+def open_history(
+    path: str, *, max_records: int, max_days: float, on_drop: Callable[[int], None] | None = None
+) -> RequestHistory | HistoryOff:
+    """The history in `path`, or HistoryOff (logged) when that file cannot be opened. `on_drop(n)` hears of records
+    that could not be kept."""
+    try:
+        return open_or_set_aside(
+            path,
+            lambda: RequestHistory(path, max_records=max_records, max_days=max_days, on_drop=on_drop),
+            "the request history",
+        )
+    except (sqlite3.Error, OSError) as exc:
+        logger.warning("request history off: %s cannot be opened (%s); requests are served but not kept", path, exc)
+        return HistoryOff(path, str(exc), on_drop)
+
+
 class RequestHistory:
-    def __init__(self, path: str, *, max_records: int = 100_000, max_days: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_records: int = 100_000,
+        max_days: float = 30.0,
+        on_drop: Callable[[int], None] | None = None,
+    ) -> None:
         self.path = path
         self.max_records = max_records
         self.max_days = max_days
         self.dropped = 0
+        self.available = True  # False while writes fail (a full disk): /readyz shows it
+        self._on_drop = on_drop
         # Records, flush markers (an Event set once what came before is written) and None (stop). A deque, not a
         # queue.Queue: adding a record must not wake the writer (a thread switch per request, and the GIL handed
         # back and forth, cost the streams a fifth of their throughput); the writer wakes every FLUSH_SECONDS, or
         # at once for a flush or the stop.
         self._queue: collections.deque[dict[str, Any] | threading.Event | None] = collections.deque()
         self._wake = threading.Event()
+        # Both connections opened here: a file that cannot be opened stops the constructor, not the writer thread.
         self._read = self._connect()
+        try:
+            writing = self._connect()
+        except sqlite3.Error:
+            self._read.close()
+            raise
         self._read_lock = threading.Lock()
-        self._writer = threading.Thread(target=self._write_loop, name="history", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, args=(writing,), name="history", daemon=True)
         self._writer.start()
 
     def _connect(self) -> sqlite3.Connection:
         connection = open_database(self.path)
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.executescript(_SCHEMA)
+        try:
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(_SCHEMA)
+        except sqlite3.Error:
+            connection.close()
+            raise
         return connection
 
     def add(self, record: dict[str, Any]) -> None:
         """Queues a finished record for writing; never blocks."""
         if len(self._queue) >= QUEUE_LIMIT:
-            self.dropped += 1
+            self._dropped(1)
         else:
             self._queue.append(record)
+
+    def _dropped(self, count: int) -> None:
+        self.dropped += count
+        if self._on_drop is not None:
+            self._on_drop(count)
 
     def _signal(self, item: threading.Event | None) -> None:
         self._queue.append(item)
         self._wake.set()
 
-    def _write_loop(self) -> None:
-        connection = self._connect()
+    def _write_loop(self, connection: sqlite3.Connection) -> None:
         stored = self._count(connection)  # kept in step with the writes, so the cap costs no count per batch
         next_age_trim = 0.0
         stop = False
@@ -108,8 +153,14 @@ class RequestHistory:
                 except Exception as exc:  # a full disk, a locked file, a record that cannot be stored: never fatal
                     with contextlib.suppress(sqlite3.Error):
                         connection.execute("ROLLBACK")
-                    self.dropped += len(batch)
-                    logger.warning("request history: %d record(s) not written (%r)", len(batch), exc)
+                    self._dropped(len(batch))
+                    if self.available:  # once per spell of failures, not once a second
+                        logger.warning("request history: records not written (%r); counted as dropped", exc)
+                    self.available = False
+                else:
+                    if not self.available:
+                        logger.info("request history: records written again (%d dropped so far)", self.dropped)
+                    self.available = True
             # The limits hold at any time, not now and then: past HISTORY_RECORDS after each write, past
             # HISTORY_DAYS after each write too (a record may arrive old) and every minute on a quiet server.
             if batch or time.monotonic() >= next_age_trim:
@@ -216,3 +267,40 @@ class RequestHistory:
         self._writer.join(10)
         with self._read_lock:
             self._read.close()
+
+
+class HistoryOff:
+    """Stands in for the history when its file cannot be opened: nothing is kept (every record counted as dropped),
+    and reading it is refused with the reason."""
+
+    available = False
+
+    def __init__(self, path: str, reason: str, on_drop: Callable[[int], None] | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        self.dropped = 0
+        self._on_drop = on_drop
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.dropped += 1
+        if self._on_drop is not None:
+            self._on_drop(1)
+
+    def _refused(self) -> ServiceError:
+        return ServiceError(
+            f"The request history is off: {self.path} could not be opened at start ({self.reason}).",
+            status=503,
+            code="history_off",
+        )
+
+    def page(self, **_: Any) -> list[dict[str, Any]]:
+        raise self._refused()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        raise self._refused()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

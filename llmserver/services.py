@@ -17,7 +17,7 @@ from .admin_secrets import keep as keep_secrets
 from .audio.codec import AudioError
 from .audio.library import AudioLibrary
 from .audio.responder import ClipResponder
-from .history import RequestHistory
+from .history import HistoryOff, RequestHistory, open_history
 from .knowledge.embeddings import EmbeddingCache, EmbeddingError, build_embedder
 from .knowledge.fusion import DEFAULT_POLICY
 from .knowledge.retriever import Retriever
@@ -69,7 +69,7 @@ class Services:
     memory: ConversationMemory
     audio_library: AudioLibrary
     metrics: Metrics
-    history: RequestHistory
+    history: RequestHistory | HistoryOff
     admin_token: str = field(repr=False)
     cookie_secret: str = field(repr=False)
     shared: SharedDeployment | None = None  # with REDIS_URL: the state shared with the other processes
@@ -114,19 +114,33 @@ class Services:
         self.tools.sources = [*sources, *servers]
         await self.tools.reload()
 
+    def set_tool_enabled(self, name: str, enabled: bool) -> None:
+        """Offers the tool again, or stops offering it: in every process when they share state (then refused with
+        SharedStoreUnavailable while Redis is unreachable). Blocking: run it in a worker thread."""
+        if self.shared is not None and self.shared.tool_switch is not None:
+            self.shared.tool_switch.set_enabled(name, enabled)
+        elif enabled:
+            self.tools.disabled.discard(name)
+        else:
+            self.tools.disabled.add(name)
+
     def dropped_records(self) -> int:
         """Request records that could not be shipped to the other processes (Redis unreachable too long)."""
         return self.shared.dropped if self.shared is not None else 0
 
-    def readiness(self) -> dict[str, bool]:
-        """What /readyz reports: each part the server needs to answer as configured."""
-        checks = {
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """What /readyz reports: whether the server answers as configured, and each part's state. Only the parts
+        answers depend on decide it. Redis and the history are shown, never decisive: completions go on without
+        them (from this process's copy of the shared state; unlogged), and a check that fails on every instance at
+        once, as a Redis outage does, would turn a load balancer's health check into a full outage."""
+        needed = {
             "knowledge_base": True,
             "embedding_model": self.retriever.embedder is None or self.retriever.semantic_ready,
         }
+        checks = {**needed, "history": self.history.available}
         if self.shared is not None:
             checks["redis"] = self.shared.available
-        return checks
+        return all(needed.values()), checks
 
     async def aclose(self) -> None:
         if self.shared is not None:
@@ -193,9 +207,11 @@ def build_retriever(settings: Settings) -> Retriever:
         raise StartupError(str(exc)) from None
     cache = None
     if embedder is not None:
-        cache = EmbeddingCache(
-            os.path.join(os.path.dirname(os.path.abspath(settings.knowledge_path)), "embeddings.sqlite3")
-        )
+        path = os.path.join(os.path.dirname(os.path.abspath(settings.knowledge_path)), "embeddings.sqlite3")
+        try:
+            cache = EmbeddingCache(path)  # a damaged file, or a folder of that name, is set aside
+        except (sqlite3.Error, OSError) as exc:  # a full disk, a folder that cannot be written: served without it
+            logger.warning("embedding cache off: %s cannot be opened (%s); every start embeds everything", path, exc)
     return Retriever(
         embedder,
         cache,
@@ -292,14 +308,12 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
         on_in_flight=metrics.in_flight.set,
     )
     request_log.watch_local(metrics.observe)
-    try:
-        history = RequestHistory(
-            os.path.join(settings.data_dir, "history.sqlite3"),
-            max_records=settings.history_records,
-            max_days=settings.history_days,
-        )
-    except sqlite3.Error as exc:
-        raise StartupError(f"cannot open the request history in {settings.data_dir}: {exc}") from None
+    history = open_history(
+        os.path.join(settings.data_dir, "history.sqlite3"),
+        max_records=settings.history_records,
+        max_days=settings.history_days,
+        on_drop=metrics.dropped.labels("history").inc,
+    )
     if keeps_others_history:
         request_log.subscribe(history.add)
     else:
@@ -307,10 +321,12 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
     kept = admin_secrets(settings, shared)
     audio_library = open_audio_library(settings, shared)
     memory = ConversationMemory(settings.memory_conversations, settings.memory_messages, settings.memory_seconds)
-    if shared is not None:
-        shared.share(knowledge_base, audio_library, memory, request_log, metrics.dropped.labels("shared_log").inc)
-    upstream = build_upstream(settings)
     tools = build_tools(settings, retriever)
+    if shared is not None:
+        shared.share(
+            knowledge_base, audio_library, memory, tools, request_log, metrics.dropped.labels("shared_log").inc
+        )
+    upstream = build_upstream(settings)
     return Services(
         admin_token=kept.admin_token,
         cookie_secret=kept.cookie_secret,

@@ -15,6 +15,7 @@ from llmserver.services import SHIPPED_AUDIO, SHIPPED_KNOWLEDGE, build_services
 from llmserver.settings import Settings
 from server import make_app, make_http_server
 from tests.fake_upstream import FakeUpstream
+from tests.operator_data import DataGuard
 
 SERVER_KEY = "sk-server-key-for-tests"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,12 +41,22 @@ def _tree(folder: str) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="session", autouse=True)
 def operator_data_untouched():
-    """Tests never read or write the operator's data (nor the shipped defaults, which are only ever copied)."""
-    watched = [OPERATOR_DATA, SHIPPED_AUDIO]
-    before = [_tree(folder) for folder in watched] + [os.stat(SHIPPED_KNOWLEDGE).st_mtime_ns]
+    """Tests never read or write the operator's data: whatever a test does there is refused and reported (see
+    tests/operator_data.py; a server the operator runs beside the tests may write there all it likes). The shipped
+    defaults, which no server writes (they are only ever copied), are also compared before and after."""
+    before = [_tree(SHIPPED_AUDIO), os.stat(SHIPPED_KNOWLEDGE).st_mtime_ns]
+    with DataGuard(OPERATOR_DATA) as guard:
+        yield guard
+    assert not guard.violations, "tests touched the operator's data directory:\n" + "\n".join(guard.violations)
+    assert [_tree(SHIPPED_AUDIO), os.stat(SHIPPED_KNOWLEDGE).st_mtime_ns] == before, "the shipped defaults changed"
+
+
+@pytest.fixture(autouse=True)
+def operator_data_guarded_per_test(request, operator_data_untouched):
+    """Names the running test in what the guard reports."""
+    operator_data_untouched.test = request.node.nodeid
     yield
-    after = [_tree(folder) for folder in watched] + [os.stat(SHIPPED_KNOWLEDGE).st_mtime_ns]
-    assert after == before, "the tests changed the operator's data directory or the shipped defaults"
+    operator_data_untouched.test = "(between tests)"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,22 @@ from tests.handlers.admin_client import bearer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-async def start_server(tmp_path, *args: str, **env: str) -> tuple[asyncio.subprocess.Process, str, str]:
+def disk_full_past(size: int) -> Callable[[], None]:
+    """For a server process: every file it writes is refused past `size` bytes (RLIMIT_FSIZE; the kernel's EFBIG,
+    which SQLite reports as a full disk or an I/O error, as it does ENOSPC), the way a full disk refuses it. The
+    test process itself, and its own files, are untouched. SIGXFSZ is ignored so the write fails instead of
+    killing the process. (A real full file system, a tiny tmpfs, needs a mount this test cannot make.)"""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+async def start_server(
+    tmp_path, *args: str, file_size_limit: int | None = None, **env: str
+) -> tuple[asyncio.subprocess.Process, str, str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
     environment.update(env)
     process = await asyncio.create_subprocess_exec(
@@ -40,8 +55,10 @@ async def start_server(tmp_path, *args: str, **env: str) -> tuple[asyncio.subpro
         stderr=asyncio.subprocess.PIPE,
         env=environment,
         cwd=ROOT,
+        preexec_fn=None if file_size_limit is None else disk_full_past(file_size_limit),
     )
     line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+    assert "listening on" in line, (await process.stderr.read()).decode()
     url = line.split("listening on ")[1].split()[0]
     return process, url, line
 
@@ -61,8 +78,10 @@ async def run_until_exit(*args: str) -> tuple[int, bytes, bytes]:
 
 
 @contextlib.asynccontextmanager
-async def running_server(tmp_path, *args: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, str]]:
-    process, url, line = await start_server(tmp_path, *args)
+async def running_server(
+    tmp_path, *args: str, file_size_limit: int | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, str]]:
+    process, url, line = await start_server(tmp_path, *args, file_size_limit=file_size_limit)
     try:
         yield process, url, line
     finally:
@@ -277,3 +296,88 @@ async def test_either_event_loop_serves(tmp_path, io_loop, loop):
         process.terminate()
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert f"event loop: {loop}" in stderr.decode()
+
+
+async def stopped(process: asyncio.subprocess.Process) -> str:
+    """Stops the server (SIGTERM) and returns what it logged."""
+    process.terminate()
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    return stderr.decode()
+
+
+async def data_directory_of_a_first_start(tmp_path) -> None:
+    async with running_server(tmp_path, "--embeddings", "none") as (process, _, _):
+        await stopped(process)
+
+
+async def dropped_from_history(url: str) -> float:
+    metrics = (await AsyncHTTPClient().fetch(url + "/metrics")).body.decode()
+    found = [line for line in metrics.splitlines() if line.startswith('llm_log_records_dropped_total{where="history"}')]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_full_disk_at_start_turns_the_history_off_and_the_server_serves(tmp_path, io_loop):
+    token = "full-disk-token"
+    await data_directory_of_a_first_start(tmp_path)
+    async with running_server(tmp_path, "--embeddings", "none", "--admin-token", token, file_size_limit=0) as (
+        process,
+        url,
+        _,
+    ):
+        result = await stream(url, "/chat/completions", {"messages": [{"role": "user", "content": "still here?"}]})
+        assert result.events[-1] == "[DONE]"
+        ready = await AsyncHTTPClient().fetch(url + "/readyz")
+        assert ready.code == 200 and json.loads(ready.body)["checks"]["history"] is False
+        refused = await bearer(url, token).fetch("GET", "/admin/api/history")
+        assert refused.code == 503 and json.loads(refused.body)["error"]["code"] == "history_off"
+        await eventually(lambda: dropped_from_history(url), what="the record not kept is counted")
+        status = json.loads((await bearer(url, token).fetch("GET", "/admin/api/status")).body)
+        assert status["dropped_records"] == await dropped_from_history(url) == 1
+        log = await stopped(process)
+    assert "request history off" in log and "Traceback" not in log
+
+    # The embedding cache, which a full disk stops too: served without it (every start embeds everything).
+    async with running_server(
+        tmp_path, "--embeddings", "endpoint", "--embeddings-base-url", "http://127.0.0.1:9/v1", file_size_limit=0
+    ) as (process, url, _):
+        assert (await AsyncHTTPClient().fetch(url + "/healthz")).code == 200
+        log = await stopped(process)
+    assert "embedding cache off" in log and "Traceback" not in log
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_records_a_full_disk_refuses_are_counted_as_dropped_and_the_server_stays_ready(tmp_path, io_loop):
+    token = "full-disk-token"
+    await data_directory_of_a_first_start(tmp_path)
+    # Room for the history's files to be opened (its shared-memory index takes 32 KiB), not for much more.
+    async with running_server(tmp_path, "--embeddings", "none", "--admin-token", token, file_size_limit=40_000) as (
+        process,
+        url,
+        _,
+    ):
+        history = bearer(url, token)
+
+        async def a_record_is_dropped() -> bool:
+            chat = {"messages": [{"role": "user", "content": "a long question " * 200}]}
+            assert (await stream(url, "/chat/completions", chat)).events[-1] == "[DONE]"
+            assert (await history.fetch("GET", "/admin/api/history")).code == 200  # written (or not) by now
+            return await dropped_from_history(url) > 0
+
+        await eventually(a_record_is_dropped, timeout=30, what="the disk fills up")
+        status = json.loads((await history.fetch("GET", "/admin/api/status")).body)
+        assert status["dropped_records"] == await dropped_from_history(url)
+        ready = await AsyncHTTPClient().fetch(url + "/readyz")
+        assert ready.code == 200 and json.loads(ready.body)["checks"]["history"] is False
+        log = await stopped(process)
+    assert "records not written" in log and "Traceback" not in log
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sigterm_as_soon_as_the_start_line_appears_still_drains_and_exits_0(tmp_path, io_loop):
+    process, _, _ = await start_server(tmp_path, "--embeddings", "none")
+    process.terminate()
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    assert "shutting down" in stderr.decode()

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..files import open_database
+from ..files import open_database, open_or_set_aside
 
 logger = logging.getLogger("llmserver.knowledge")
 
@@ -243,7 +243,7 @@ def build_embedder(
 class EmbeddingCache:
     """Vectors of passages on disk, keyed by the embedder's name and the passage's fingerprint, so that a restart
     or an edit embeds only what changed. It is a cache: delete it and nothing is lost; a file that is damaged or
-    not ours is set aside and started again."""
+    not ours is set aside (renamed) and started again."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -252,23 +252,20 @@ class EmbeddingCache:
 
     def _open(self) -> sqlite3.Connection:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        for attempt in range(2):
-            try:
-                connection = open_database(self.path)
-                connection.execute(
-                    "CREATE TABLE IF NOT EXISTS vectors (model TEXT, fingerprint TEXT, vector BLOB, "
-                    "PRIMARY KEY (model, fingerprint))"
-                )
-                connection.execute("SELECT model, fingerprint, vector FROM vectors LIMIT 1").fetchall()
-                return connection
-            except sqlite3.DatabaseError as exc:
-                if attempt or (isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)):
-                    raise  # busy for longer than the wait (another worker), not damaged: kept
-                logger.warning("the embedding cache %s is unreadable (%s); starting a new one", self.path, exc)
-                for suffix in ("", "-wal", "-shm"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.path + suffix)
-        raise AssertionError("unreachable")
+        return open_or_set_aside(self.path, self._connect, "the embedding cache")
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = open_database(self.path)
+        try:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT, fingerprint TEXT, vector BLOB, "
+                "PRIMARY KEY (model, fingerprint))"
+            )
+            connection.execute("SELECT model, fingerprint, vector FROM vectors LIMIT 1").fetchall()
+        except sqlite3.Error:
+            connection.close()
+            raise
+        return connection
 
     def get(self, model: str, fingerprints: Iterable[str], dimensions: int | None) -> dict[str, np.ndarray]:
         wanted = list(dict.fromkeys(fingerprints))

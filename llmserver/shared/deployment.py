@@ -4,7 +4,6 @@ start-up by the composition root when REDIS_URL is set."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -14,11 +13,13 @@ from ..audio.library import AudioLibrary
 from ..knowledge.store import KnowledgeBase
 from ..request_log import RequestLog
 from ..tools.memory import ConversationMemory
+from ..tools.registry import ToolRegistry
 from .audio_store import RedisClipStore
 from .knowledge_store import RedisKnowledgeStorage
 from .log_stream import SharedRequestLog
 from .memory_sync import SharedMemory
 from .redis_state import REDIS_ERRORS, SharedState
+from .tool_switch import SharedToolSwitch
 
 logger = logging.getLogger("llmserver.shared")
 
@@ -28,6 +29,7 @@ class SharedDeployment:
         self.state = SharedState(url, prefix, instance)
         self.log: SharedRequestLog | None = None
         self.memory: SharedMemory | None = None
+        self.tool_switch: SharedToolSwitch | None = None
 
     def connect(self) -> None:
         """Raises ConnectionError (with Redis's reason) when Redis cannot be reached: the server does not start."""
@@ -48,16 +50,21 @@ class SharedDeployment:
         """One admin token and cookie secret for every process: the first process's, kept in Redis (and put back
         by every process if Redis loses them, so that a process starting later still signs in alike)."""
         key = self.state.key("admin:secrets")
-        mine_json = json.dumps({"admin_token": mine.admin_token, "cookie_secret": mine.cookie_secret})
+        mine_json = mine.to_json()
         self.state.sync.set(key, mine_json, nx=True)
         kept_json = self.state.sync.get(key)
-        kept = json.loads(kept_json)
+        try:
+            kept = AdminSecrets.from_json(kept_json)
+        except (TypeError, ValueError) as exc:  # never a secret such as "None": this process's take their place
+            logger.warning("the admin secrets in Redis (%s) cannot be used (%s); this process's are kept", key, exc)
+            self.state.sync.set(key, mine_json)
+            kept, kept_json = mine, mine_json
 
         async def restore() -> None:
             await self.state.aio.set(key, kept_json, nx=True)  # one command; nothing when they are there
 
         self.state.on(None, None, restore)  # nothing is announced about them
-        return AdminSecrets(str(kept["admin_token"]), str(kept["cookie_secret"]))
+        return kept
 
     def knowledge_storage(self, max_document_chars: int) -> RedisKnowledgeStorage:
         return RedisKnowledgeStorage(self.state, max_document_chars)
@@ -70,6 +77,7 @@ class SharedDeployment:
         knowledge_base: KnowledgeBase,
         audio_library: AudioLibrary,
         memory: ConversationMemory,
+        tools: ToolRegistry,
         request_log: RequestLog,
         on_drop: Callable[[int], None],
     ) -> None:
@@ -97,6 +105,8 @@ class SharedDeployment:
         self.state.on("audio", audio_changed, lambda: in_thread(audio_library.refresh))
         self.memory = SharedMemory(self.state, memory)
         self.memory.load()
+        self.tool_switch = SharedToolSwitch(self.state, tools)
+        self.tool_switch.load()
         self.log = SharedRequestLog(self.state, request_log, on_drop)
 
     def start(self) -> None:

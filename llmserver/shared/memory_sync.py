@@ -1,9 +1,12 @@
 """Conversation memory across processes: each conversation's exchanges in a Redis list that expires with the
 conversation (MEMORY_SECONDS), and every new exchange announced, so that whichever process serves the next turn
-already holds it. A process that starts reads the conversations still in Redis."""
+already holds it. A process reads the conversations still in Redis when it starts, and again each time it has
+subscribed anew (after Redis or the network comes back): what was announced meanwhile reached no one here.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -21,12 +24,15 @@ class SharedMemory:
         self.key_prefix = state.key("memory:")
         self.shipper = Shipper(state, self._send)
         memory.watch(self._remembered, self._forgotten)
-        state.on("memory", self._apply)
+        state.on("memory", self._apply, catch_up=self._catch_up)
 
     def load(self) -> int:
-        """Reads the conversations Redis still holds (at start-up); returns how many."""
-        keys = [key for key in self.state.sync.scan_iter(match=self.key_prefix + "*", count=1000)]
-        keys = keys[: self.memory.max_conversations]
+        """Reads the conversations Redis still holds, the most recent up to the memory's bound, and adds what this
+        process lacks of them (each exchange once, however often it is called); returns how many were read.
+        Blocking: at start-up, or in a worker thread."""
+        keys = list(self.state.sync.scan_iter(match=self.key_prefix + "*", count=1000))
+        if len(keys) > self.memory.max_conversations:
+            keys = self._most_recent(keys, self.memory.max_conversations)
         with self.state.sync.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.lrange(key, 0, -1)
@@ -41,9 +47,25 @@ class SharedMemory:
             if exchanges:
                 loaded.append((exchanges[-1].at, key.decode()[len(self.key_prefix) :], exchanges))
         for _, conversation, exchanges in sorted(loaded):  # the most recent last: kept first when over the limit
-            for exchange in exchanges:
-                self.memory.remember(conversation, exchange, announce=False)
+            self.memory.merge(conversation, exchanges)
         return len(loaded)
+
+    def _most_recent(self, keys: list[bytes], count: int) -> list[bytes]:
+        """The `count` keys whose last exchange is the most recent (by each list's last entry only)."""
+        with self.state.sync.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.lindex(key, -1)
+            last_entries = pipe.execute()
+        changed = {}
+        for key, entry in zip(keys, last_entries, strict=True):
+            try:
+                changed[key] = float(json.loads(entry)["at"]) if entry is not None else 0.0
+            except (ValueError, KeyError, TypeError):
+                changed[key] = 0.0
+        return sorted(keys, key=changed.__getitem__, reverse=True)[:count]
+
+    async def _catch_up(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.load)
 
     def start(self) -> None:
         self.state.run(self.shipper.run())
@@ -77,4 +99,6 @@ class SharedMemory:
             exchange = Exchange.from_dict(event["exchange"])
         except (ValueError, KeyError, TypeError):
             return
-        self.memory.remember(conversation, exchange, announce=False)
+        # Merged, not appended: an exchange made while this process was subscribing is both announced and in the
+        # list its catch-up reads, and must be held once.
+        self.memory.merge(conversation, [exchange])

@@ -54,6 +54,7 @@ class SharedState:
         self.available = True
         self._handlers: dict[str, EventHandler] = {}
         self._resyncs: list[ResyncHandler] = []
+        self._catch_ups: list[ResyncHandler] = []
         self._tasks: list[asyncio.Task] = []
         self.closing = False  # set by aclose: background loops end
         self.listening = asyncio.Event()  # subscribed and caught up: announcements from now on are heard
@@ -70,13 +71,25 @@ class SharedState:
         start)."""
         self.sync.ping()
 
-    def on(self, kind: str | None, handler: EventHandler | None, resync: ResyncHandler | None = None) -> None:
+    def on(
+        self,
+        kind: str | None,
+        handler: EventHandler | None,
+        resync: ResyncHandler | None = None,
+        *,
+        catch_up: ResyncHandler | None = None,
+    ) -> None:
         """`handler(event)` hears other processes' events of `kind`; `resync()` runs every few seconds and when
-        Redis is back, and re-reads what the process may have missed (or puts back what Redis lost)."""
+        Redis is back, and re-reads what the process may have missed (or puts back what Redis lost). `catch_up()`
+        runs only after each subscription (at start, and when Redis is back): for state with no version to compare,
+        whose announcements a process can only miss while it is not subscribed (a subscription delivers every
+        message, in order, for as long as it lasts; Redis ends one that falls too far behind)."""
         if kind is not None and handler is not None:
             self._handlers[kind] = handler
         if resync is not None:
             self._resyncs.append(resync)
+        if catch_up is not None:
+            self._catch_ups.append(catch_up)
 
     def event(self, kind: str, **fields: Any) -> str:
         return json.dumps({"kind": kind, "origin": self.instance, **fields}, ensure_ascii=False)
@@ -111,7 +124,7 @@ class SharedState:
                 await pubsub.subscribe(self.channel)
                 # What changed before the subscription took effect (since the start-up read, or during an outage)
                 # was announced to no one here: re-read it now, not at the next periodic re-read.
-                await self._resync()
+                await self._resync(catching_up=True)
                 if missed:
                     logger.info("shared store: Redis reachable again; state re-read")
                 self.listening.set()
@@ -126,6 +139,9 @@ class SharedState:
                     if time.monotonic() >= next_resync:
                         await self._resync()
                         next_resync = time.monotonic() + RESYNC_SECONDS
+                        # Subscribed and just read from Redis: reachable, whatever a shipper's or an edit's failure
+                        # said meanwhile (they mark it unreachable; only this loop marks it back).
+                        self.available = True
             except asyncio.CancelledError:
                 raise
             except (*REDIS_ERRORS, SharedStoreUnavailable) as exc:  # the latter: a re-read that found Redis gone
@@ -136,14 +152,26 @@ class SharedState:
                 self.available = False
                 self.listening.clear()
                 missed = True
+                logger.debug("shared store: no subscription (%s); trying again in %g s", exc, _pause(attempt))
+                await self._forget_idle_connections()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-            await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
+            await asyncio.sleep(_pause(attempt))
             attempt += 1
 
-    async def _resync(self) -> None:
-        for handler in self._resyncs:
+    async def _forget_idle_connections(self) -> None:
+        """Closes the pooled connections nobody is using. Made before the outage, they are dead (Redis restarted, or
+        the network dropped them): each would fail once more after Redis is back, and the re-read that failed so
+        would cost the listener another pause (up to 5 s) before it counts as reconnected. Connections in use are
+        left alone (closing one could cut a command half-done); they fail, and are dropped, by themselves."""
+        with contextlib.suppress(Exception):
+            await self.aio.connection_pool.disconnect(inuse_connections=False)
+        with contextlib.suppress(Exception):
+            self.sync.connection_pool.disconnect(inuse_connections=False)
+
+    async def _resync(self, catching_up: bool = False) -> None:
+        for handler in [*self._resyncs, *(self._catch_ups if catching_up else ())]:
             try:
                 await handler()
             except (*REDIS_ERRORS, SharedStoreUnavailable):
@@ -180,6 +208,11 @@ class SharedState:
             _, pending = await asyncio.wait(pending, timeout=0.1)
         await self.aio.aclose()
         self.sync.close()
+
+
+def _pause(attempt: int) -> float:
+    """Seconds to wait before the next attempt after `attempt` failed ones: growing, up to the longest."""
+    return RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
 
 
 class Shipper:
@@ -233,5 +266,5 @@ class Shipper:
                     if self.state.closing:
                         return
                     self.state.available = False
-                    await asyncio.sleep(RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)])
+                    await asyncio.sleep(_pause(attempt))
                     attempt += 1

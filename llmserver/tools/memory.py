@@ -40,6 +40,10 @@ class Exchange:
     def call_ids(self) -> set[str]:
         return call_ids(self.messages)
 
+    def identity(self) -> tuple[float, str, tuple[str, ...]]:
+        """What tells one exchange from another, the same whichever process holds a copy."""
+        return self.at, self.after_user, tuple(sorted(self.call_ids()))
+
     def to_dict(self) -> dict[str, Any]:
         return {"after_user": self.after_user, "turn_id": self.turn_id, "at": self.at, "messages": list(self.messages)}
 
@@ -153,12 +157,31 @@ class ConversationMemory:
             self._expire()
             conversation = self._conversations.pop(key, None) or _Conversation()
             conversation.exchanges.append(exchange)
-            conversation.used = time.time()
-            while conversation.message_count() > self.max_messages and len(conversation.exchanges) > 1:
-                conversation.exchanges.pop(0)
-            self._conversations[key] = conversation
-            while len(self._conversations) > self.max_conversations:
-                self._conversations.popitem(last=False)
+            self._keep(key, conversation)
+
+    def merge(self, key: str, exchanges: Sequence[Exchange]) -> None:
+        """Adds those of `exchanges` (a conversation as another process left it in the shared store) that this
+        process does not hold, in time order, each once: catching up with what was announced while this process
+        could not hear it."""
+        with self._lock:
+            self._expire()
+            conversation = self._conversations.get(key)
+            held = {exchange.identity() for exchange in conversation.exchanges} if conversation else set()
+            new = [exchange for exchange in exchanges if exchange.identity() not in held]
+            if not new:
+                return
+            conversation = self._conversations.pop(key, None) or _Conversation()
+            conversation.exchanges = sorted([*conversation.exchanges, *new], key=lambda exchange: exchange.at)
+            self._keep(key, conversation)
+
+    def _keep(self, key: str, conversation: _Conversation) -> None:
+        """Puts a conversation just used back as the most recent, within the bounds (with the lock held)."""
+        conversation.used = time.time()
+        while conversation.message_count() > self.max_messages and len(conversation.exchanges) > 1:
+            conversation.exchanges.pop(0)
+        self._conversations[key] = conversation
+        while len(self._conversations) > self.max_conversations:
+            self._conversations.popitem(last=False)
 
     def splice(self, key: str, messages: list[dict[str, Any]], turn_ids: Sequence[Any]) -> list[dict[str, Any]]:
         """`messages` with the conversation's exchanges put back after the user turns that led to them.

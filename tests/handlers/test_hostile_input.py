@@ -13,7 +13,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from tests.client import json_of, post, stream
-from tests.handlers.admin_client import bearer
+from tests.handlers.admin_client import bearer, sign_in_with_cookie
 
 USER = {"role": "user", "content": "Hello"}
 COMPLETION_PATHS = ["/chat/completions", "/rag/chat/completions", "/audio/chat/completions"]
@@ -424,6 +424,17 @@ async def test_repeated_wrong_admin_tokens_are_slowed_down(http_server, base_url
     assert json_of(response)["error"]["code"] == "too_many_attempts"
     page = await AsyncHTTPClient().fetch(base_url + "/admin?token=wrong", raise_error=False)
     assert page.code == 429 and "text/html" in page.headers["Content-Type"]
+
+    # The right token, from the same (throttled) address, always signs in: a stranger behind the operators' proxy
+    # cannot keep them out. So does the cookie it gives.
+    right = {"Authorization": f"Bearer {services.admin_token}"}
+    assert (await AsyncHTTPClient().fetch(base_url + "/admin/api/status", headers=right)).code == 200
+    admin = await sign_in_with_cookie(base_url, services.admin_token)
+    assert (await admin.fetch("GET", "/admin/api/status")).code == 200
+    still = await AsyncHTTPClient().fetch(
+        base_url + "/admin/api/status", headers={"Authorization": "Bearer wrong-again"}, raise_error=False
+    )
+    assert still.code == 429
 
 
 @pytest.mark.settings(trusted_proxies=("127.0.0.1",))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -111,7 +113,7 @@ async def test_liveness_and_readiness_answer_get_and_head(http_server, base_url,
         for name in ("Content-Type", "Content-Length"):  # HEAD: GET's headers without the body
             assert head.headers[name] == get.headers[name], name
     ready = json.loads((await client.fetch(base_url + "/readyz")).body)
-    assert ready == {"status": "ready", "checks": {"knowledge_base": True, "embedding_model": True}}
+    assert ready == {"status": "ready", "checks": {"knowledge_base": True, "embedding_model": True, "history": True}}
 
 
 @pytest.mark.settings(embeddings="endpoint", embeddings_base_url="http://127.0.0.1:9/v1")
@@ -185,3 +187,45 @@ async def test_history_requests_that_cannot_be_answered_get_the_error_shape(http
         assert refused.code == 400 and json.loads(refused.body)["error"]["type"] == "invalid_request_error", query
     anonymous = await AsyncHTTPClient().fetch(base_url + "/admin/api/history", raise_error=False)
     assert anonymous.code == 401
+
+
+GARBAGE = b"this is not a database, whatever its name says " * 100
+
+
+@pytest.fixture
+def damaged_history(settings) -> Path:
+    """The history file damaged before the server starts (garbage where the database was)."""
+    os.makedirs(settings.data_dir)
+    path = Path(settings.data_dir) / "history.sqlite3"
+    path.write_bytes(GARBAGE)
+    return path
+
+
+@pytest.mark.gen_test
+async def test_a_damaged_history_is_set_aside_and_a_new_one_kept(damaged_history, http_server, base_url, services):
+    (aside,) = damaged_history.parent.glob("history.sqlite3.damaged-*")
+    assert aside.read_bytes() == GARBAGE  # kept for whoever wants to look, never deleted
+    await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "after the damage"}]})
+    records = (await history_of(base_url, services.admin_token))["records"]
+    assert [r["last_user_message"] for r in records] == ["after the damage"]
+    ready = json.loads((await AsyncHTTPClient().fetch(base_url + "/readyz")).body)
+    assert ready["checks"]["history"] is True
+
+
+@pytest.fixture
+def embedding_cache_is_a_folder(settings) -> Path:
+    folder = Path(settings.data_dir) / "embeddings.sqlite3"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("someone's notes")
+    return folder
+
+
+@pytest.mark.settings(embeddings="endpoint", embeddings_base_url="http://127.0.0.1:9/v1")
+@pytest.mark.gen_test
+async def test_an_embedding_cache_that_is_a_folder_is_set_aside(
+    embedding_cache_is_a_folder, http_server, base_url, services
+):
+    (aside,) = embedding_cache_is_a_folder.parent.glob("embeddings.sqlite3.damaged-*")
+    assert (aside / "notes.txt").read_text() == "someone's notes"  # renamed whole, nothing in it lost
+    assert embedding_cache_is_a_folder.is_file()  # a new cache in its place
+    assert (await AsyncHTTPClient().fetch(base_url + "/healthz")).code == 200

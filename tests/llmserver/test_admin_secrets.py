@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 
+import pytest
+
 from llmserver.admin_secrets import load_or_create
+from tests.handlers.admin_client import bearer
 
 STARTING_TOGETHER = 8
 
@@ -45,3 +49,29 @@ def test_a_damaged_secrets_file_is_replaced_and_stays_private(tmp_path):
     made = load_or_create(str(path))
     assert load_or_create(str(path)) == made
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.fixture
+def secrets_not_text(settings):
+    """A secrets.json whose values are not text (hand-edited, or written by something else)."""
+    os.makedirs(settings.data_dir)
+    path = os.path.join(settings.data_dir, "secrets.json")
+    with open(path, "w") as handle:
+        json.dump({"admin_token": None, "cookie_secret": None}, handle)
+    return path
+
+
+@pytest.mark.gen_test
+async def test_secrets_that_are_not_text_are_made_again_never_used_as_none(
+    secrets_not_text, http_server, base_url, services, caplog
+):
+    assert services.admin_token != "None" and services.cookie_secret != "None"
+    refused = await bearer(base_url, "None").fetch("GET", "/admin/api/status")
+    assert refused.code == 401
+    assert (await bearer(base_url, services.admin_token).fetch("GET", "/admin/api/status")).code == 200
+    with open(secrets_not_text) as handle:
+        kept = json.load(handle)
+    assert kept == {"admin_token": services.admin_token, "cookie_secret": services.cookie_secret}
+    assert os.stat(secrets_not_text).st_mode & 0o777 == 0o600
+    said = [record.getMessage() for record in caplog.get_records("setup")]
+    assert any("secrets.json" in line and "new ones are made" in line for line in said), said

@@ -138,3 +138,16 @@ def test_a_bad_tools_file_is_refused_naming_the_problem(tmp_path, content, messa
     with pytest.raises(ToolsFileError) as refused:
         load_tools_file(str(path))
     assert message in str(refused.value)
+
+
+def test_another_processs_exchanges_are_merged_each_once_in_time_order():
+    """What the shared store hands back (a catch-up re-read, an announcement heard too) may hold exchanges this
+    process has already: each is kept once, else it would be spliced into the next request twice."""
+    memory = ConversationMemory()
+    first, second = exchange("call_1"), exchange("call_2", "And tomorrow?")
+    memory.remember("k", first)
+    memory.merge("k", [first, second])
+    memory.merge("k", [second])
+    assert [e["messages"][1]["tool_call_id"] for e in memory.get("k")] == ["call_1", "call_2"]
+    memory.merge("new", [second, first])  # in time order whatever order they come in
+    assert [e["messages"][1]["tool_call_id"] for e in memory.get("new")] == ["call_1", "call_2"]

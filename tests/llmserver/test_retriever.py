@@ -142,9 +142,11 @@ def test_a_restart_embeds_nothing_again_and_an_edit_only_what_changed(tmp_path):
 def test_a_damaged_cache_is_set_aside_and_rebuilt(tmp_path, caplog):
     path = tmp_path / "embeddings.sqlite3"
     path.write_bytes(b"this is not a database" * 100)
-    with caplog.at_level(logging.WARNING, logger="llmserver.knowledge"):
+    with caplog.at_level(logging.WARNING, logger="llmserver"):
         retriever = ready(HOTEL, BundledEmbedder(), EmbeddingCache(str(path)))
-    assert "unreadable" in caplog.text
+    assert "cannot be read" in caplog.text
+    (aside,) = tmp_path.glob("embeddings.sqlite3.damaged-*")
+    assert aside.read_bytes() == b"this is not a database" * 100  # renamed, never deleted
     assert injected(ask(retriever, "can I pay with my phone"))[0] == "payment"
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM vectors").fetchone()[0] > len(HOTEL)
 

@@ -1,5 +1,6 @@
 """Fixtures: a real Redis, and two instances of the server (two services, two HTTP servers, named "a" and "b")
-sharing it, as two machines behind a load balancer would; each has its own data directory."""
+sharing it, as two machines behind a load balancer would; each has its own data directory. `partitioned`: the same
+two, b reaching Redis through a proxy the test can cut."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import tornado.testing
 from llmserver.services import Services, build_services
 from server import make_app, make_http_server
 from tests.redis_server import RedisServer
+from tests.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -69,3 +71,25 @@ def instances(shared_settings, io_loop, tmp_path):
     yield started
     for instance in started:
         io_loop.run_sync(lambda instance=instance: stop_instance(instance))
+
+
+@pytest.fixture
+def partitioned(shared_settings, redis_server, io_loop, tmp_path):
+    """Instances "a" (connected to Redis directly) and "b" (through a proxy the test can cut: b alone loses Redis),
+    both listening before the test begins; yields (a, b, proxy)."""
+    started: list[Instance] = []
+    proxy = TcpProxy(redis_server.port)
+
+    async def start() -> None:
+        b_url = f"redis://127.0.0.1:{proxy.port}/0"
+        for name, url in (("a", redis_server.url), ("b", b_url)):
+            settings = dataclasses.replace(shared_settings, redis_url=url, data_dir=str(tmp_path / name))
+            started.append(start_instance(settings, name))
+        for instance in started:
+            await asyncio.wait_for(instance.services.shared.state.listening.wait(), 10)
+
+    io_loop.run_sync(start)
+    yield (*started, proxy)
+    for instance in started:
+        io_loop.run_sync(lambda instance=instance: stop_instance(instance))
+    proxy.stop()

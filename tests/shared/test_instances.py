@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
+import time
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -193,12 +195,13 @@ async def test_redis_lost_mid_run_completions_go_on_edits_are_refused_then_every
     assert refused.headers["Retry-After"] == "5"  # clients and load balancers know when to try again
     assert "during" not in {d["id"] for d in a.services.knowledge_base.documents()}  # nothing half-done
     await eventually(lambda: not a.services.shared.available, what="a notices")
-    readiness = await AsyncHTTPClient().fetch(a.base_url + "/readyz", raise_error=False)
-    assert readiness.code == 503 and json.loads(readiness.body)["checks"]["redis"] is False
+    for instance in (a, b):  # answering, so still ready: a load balancer keeps sending them traffic
+        readiness = await AsyncHTTPClient().fetch(instance.base_url + "/readyz", raise_error=False)
+        assert readiness.code == 200 and json.loads(readiness.body)["checks"]["redis"] is False
 
     redis_server.start()  # on the same port, with its data (append-only file)
     await eventually(lambda: a.services.shared.available and b.services.shared.available, timeout=30)
-    assert (await AsyncHTTPClient().fetch(a.base_url + "/readyz")).code == 200
+    assert json.loads((await AsyncHTTPClient().fetch(a.base_url + "/readyz")).body)["checks"]["redis"] is True
     created = await admin_a.fetch("POST", "/admin/api/knowledge", {"id": "after", "content": "The zebra code is 5150."})
     assert created.code == 201
     await eventually(lambda: rag_answer_uses(b, fake_upstream, "5150"), what="b uses an edit made after the outage")
@@ -209,6 +212,24 @@ async def test_redis_lost_mid_run_completions_go_on_edits_are_refused_then_every
         )
     )
     assert a.services.dropped_records() == 0
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_after_a_long_outage_the_instances_are_back_at_their_next_attempt(instances, redis_server, caplog):
+    """The listener's pauses have grown to their longest (5 s) when Redis comes back: the next attempt must be the
+    one that reconnects. Connections pooled before the outage are dead; one used in the re-read after subscribing
+    failed it and cost a whole pause more (back 5 to 10 s after Redis, not within the documented pauses)."""
+    caplog.set_level(logging.DEBUG, logger="llmserver.shared")
+    a, b = instances
+    redis_server.kill()
+    await eventually(lambda: not a.services.shared.available, what="a notices")
+    await asyncio.sleep(4)  # past the pauses of 0.2, 0.5, 1 and 2 s: the next one is 5 s
+    redis_server.start()
+    back = time.time()
+    took = await eventually(lambda: a.services.shared.available and b.services.shared.available, timeout=30)
+    failed_after = [r.getMessage() for r in caplog.records if "no subscription" in r.getMessage() and r.created > back]
+    assert failed_after == [], "a reconnection attempt failed after Redis was back"
+    assert took <= 5 + 1, took  # the longest pause, and the attempt itself
 
 
 @pytest.mark.gen_test(timeout=90)
@@ -341,3 +362,103 @@ async def test_a_re_read_that_finds_redis_gone_is_an_outage_to_wait_out_not_an_e
         assert len(attempts) == 2 and state.available  # re-read again once reconnected; no error logged
     finally:
         await state.aclose()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_single_failed_command_does_not_leave_redis_marked_unreachable(instances):
+    """An edit's or a shipper's command that failed once (a connection dropped) marks Redis unreachable; with the
+    listener still subscribed, nothing else would mark it back, and /readyz and the dashboard said so for good."""
+    a, _ = instances
+    a.services.shared.state.unavailable()  # what a store's failed command does
+    await eventually(lambda: a.services.shared.available, timeout=10, what="the next periodic re-read corrects it")
+
+
+CHAT = {"messages": [{"role": "user", "content": "What time is it?"}]}
+
+
+async def offers(instance, fake_upstream, tool: str) -> bool:
+    """Whether a request through `instance` went upstream with the server's tool `tool`."""
+    result = await stream(instance.base_url, "/chat/completions", CHAT)
+    assert result.events[-1] == "[DONE]"
+    sent = fake_upstream.requests[-1].body.get("tools") or []
+    return tool in {entry["function"]["name"] for entry in sent}
+
+
+async def switch(instance, tool: str, enabled: bool):
+    return await bearer(instance.base_url, instance.services.admin_token).fetch(
+        "PUT", f"/admin/api/tools/{tool}", {"enabled": enabled}
+    )
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.gen_test(timeout=60)
+async def test_a_tool_switched_off_through_one_instance_is_offered_by_none(instances, fake_upstream):
+    a, b = instances
+    assert await offers(b, fake_upstream, "current_time")
+    switched = await switch(a, "current_time", False)
+    assert switched.code == 200 and json.loads(switched.body)["enabled"] is False
+    assert not await offers(a, fake_upstream, "current_time")
+    await eventually(lambda: not_(offers(b, fake_upstream, "current_time")), what="b stops offering it")
+    assert await offers(b, fake_upstream, "search_knowledge_base")  # the others stay on
+
+    # An instance starting now reads the switch; switched on again through b, a offers it again.
+    c = start_instance(dataclasses.replace(a.services.settings), "c")
+    try:
+        assert not await offers(c, fake_upstream, "current_time")
+    finally:
+        await stop_instance(c)
+    assert (await switch(b, "current_time", True)).code == 200
+    await eventually(lambda: offers(a, fake_upstream, "current_time"), what="a offers it again")
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.gen_test(timeout=60)
+async def test_a_tool_switched_while_an_instance_is_cut_off_reaches_it_when_it_reconnects(partitioned, fake_upstream):
+    a, b, proxy = partitioned
+    proxy.cut()
+    await eventually(lambda: not b.services.shared.available, what="b notices")
+    assert (await switch(a, "current_time", False)).code == 200  # announced while b hears nothing
+    refused = await switch(b, "search_knowledge_base", False)
+    assert refused.code == 503 and json.loads(refused.body)["error"]["code"] == "shared_store_unavailable"
+    assert await offers(b, fake_upstream, "current_time")  # b answers from its own copy meanwhile
+    proxy.restore()
+    await eventually(lambda: not_(offers(b, fake_upstream, "current_time")), what="b catches up")
+    assert await offers(a, fake_upstream, "search_knowledge_base")  # b's refused switch changed nothing
+
+
+async def not_(outcome) -> bool:
+    return not await outcome
+
+
+def tool_exchange(question: str, call_id: str, result: str) -> Exchange:
+    return Exchange(
+        question,
+        None,
+        (
+            {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function"}]},
+            {"role": "tool", "tool_call_id": call_id, "content": result},
+        ),
+    )
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_memory_made_while_an_instance_is_cut_off_reaches_it_when_it_reconnects(partitioned):
+    """Announcements are heard at most once: what was announced while b was not subscribed must be read back."""
+    a, b, proxy = partitioned
+    first = tool_exchange("What is it like in Oslo?", "call_1", "4 degrees")
+    a.services.memory.remember("user:ada", first)
+    await eventually(lambda: b.services.memory.get("user:ada") is not None, what="b hears it live")
+
+    proxy.cut()
+    await eventually(lambda: not b.services.shared.available, what="b notices")
+    second = tool_exchange("And in Bergen?", "call_2", "7 degrees")
+    a.services.memory.remember("user:ada", second)  # a conversation b holds already
+    a.services.memory.remember("user:grace", tool_exchange("Time in Tokyo?", "call_3", "09:00"))  # and a new one
+    redis = a.services.shared.state.sync
+    await eventually(lambda: redis.llen("llm:memory:user:ada") == 2 and redis.exists("llm:memory:user:grace"))
+    assert len(b.services.memory.get("user:ada")) == 1 and b.services.memory.get("user:grace") is None
+
+    proxy.restore()
+    await eventually(lambda: b.services.memory.get("user:grace") is not None, what="b catches up")
+    assert b.services.memory.get("user:ada") == a.services.memory.get("user:ada")  # each exchange once, in order
+    assert b.services.memory.get("user:grace") == a.services.memory.get("user:grace")

@@ -171,3 +171,24 @@ async def test_sigterm_right_after_a_burst_of_traffic_still_exits_promptly(tmp_p
         await run_load(port, "/chat/completions", {**CHAT, "stream": True}, 30, 2.0)
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_tool_switched_off_through_one_worker_is_off_in_both(tmp_path, redis_server, io_loop):
+    """The issue's defect 3: after the switch, 16 of 30 requests (those the other worker took) still offered it."""
+    async with workers(tmp_path, redis_server.url) as (_, url):
+        assert len(await instances_seen(url)) == 2
+        switched = await bearer(url, TOKEN).fetch("PUT", "/admin/api/tools/current_time", {"enabled": False})
+        assert switched.code == 200
+
+        async def off_on_a_new_connection() -> bool:  # the kernel picks the worker
+            response = await AsyncHTTPClient(force_instance=True).fetch(
+                url + "/admin/api/tools", headers={"Authorization": f"Bearer {TOKEN}", "Connection": "close"}
+            )
+            tools = {tool["name"]: tool["enabled"] for tool in json.loads(response.body)["tools"]}
+            return tools["current_time"] is False
+
+        async def off_in_every_reply() -> bool:
+            return all([await off_on_a_new_connection() for _ in range(30)])
+
+        await eventually(off_in_every_reply, timeout=20, what="30 replies in a row have it off")
