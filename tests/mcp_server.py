@@ -78,6 +78,7 @@ async def serve_http(port: int, force_gzip: bool = False) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
+    sock.listen(128)  # before the port is told: a client connecting at once waits in the backlog, never refused
     print(sock.getsockname()[1], flush=True)
     app = server.streamable_http_app()
     config = uvicorn.Config(forcing_gzip(app) if force_gzip else app, log_level="warning", lifespan="on")
