@@ -125,13 +125,27 @@ def test_without_a_model_retrieval_is_lexical():
 # The embedding cache --------------------------------------------------------------------------------------------
 
 
-def test_a_restart_embeds_nothing_again_and_an_edit_only_what_changed(tmp_path):
+@pytest.fixture
+def open_cache():
+    """Opens caches that are closed after the test (Python 3.13 warns of every SQLite connection left open)."""
+    opened: list[EmbeddingCache] = []
+
+    def open_one(path) -> EmbeddingCache:
+        opened.append(EmbeddingCache(str(path)))
+        return opened[-1]
+
+    yield open_one
+    for cache in opened:
+        cache.close()
+
+
+def test_a_restart_embeds_nothing_again_and_an_edit_only_what_changed(tmp_path, open_cache):
     path = str(tmp_path / "embeddings.sqlite3")
     first = CountingEmbedder()
-    ready(HOTEL, first, EmbeddingCache(path))
+    ready(HOTEL, first, open_cache(path))
     assert len(first.embedded) >= len(HOTEL)
     again = CountingEmbedder()
-    retriever = ready(HOTEL, again, EmbeddingCache(path))
+    retriever = ready(HOTEL, again, open_cache(path))
     assert len(again.embedded) == 1  # a probe of the model; the background and every passage came from the cache
     changed = [{**HOTEL[0], "content": "Reception closes at midnight; after that, ring the night bell."}, *HOTEL[1:]]
     retriever.rebuild(changed, 2)
@@ -139,26 +153,27 @@ def test_a_restart_embeds_nothing_again_and_an_edit_only_what_changed(tmp_path):
     assert injected(ask(retriever, "what if I arrive after midnight"))[0] == "reception"
 
 
-def test_a_damaged_cache_is_set_aside_and_rebuilt(tmp_path, caplog):
+def test_a_damaged_cache_is_set_aside_and_rebuilt(tmp_path, caplog, open_cache):
     path = tmp_path / "embeddings.sqlite3"
     path.write_bytes(b"this is not a database" * 100)
     with caplog.at_level(logging.WARNING, logger="llmserver"):
-        retriever = ready(HOTEL, BundledEmbedder(), EmbeddingCache(str(path)))
+        retriever = ready(HOTEL, BundledEmbedder(), open_cache(path))
     assert "cannot be read" in caplog.text
     (aside,) = tmp_path.glob("embeddings.sqlite3.damaged-*")
     assert aside.read_bytes() == b"this is not a database" * 100  # renamed, never deleted
     assert injected(ask(retriever, "can I pay with my phone"))[0] == "payment"
-    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM vectors").fetchone()[0] > len(HOTEL)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] > len(HOTEL)
 
 
-def test_vectors_that_are_not_the_models_are_ignored(tmp_path):
+def test_vectors_that_are_not_the_models_are_ignored(tmp_path, open_cache):
     path = str(tmp_path / "embeddings.sqlite3")
-    ready(HOTEL, BundledEmbedder(), EmbeddingCache(path))
-    connection = sqlite3.connect(path)
-    connection.execute("UPDATE vectors SET vector = ?", [np.ones(7, dtype=np.float32).tobytes()])  # wrong size
-    connection.commit()
+    ready(HOTEL, BundledEmbedder(), open_cache(path))
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("UPDATE vectors SET vector = ?", [np.ones(7, dtype=np.float32).tobytes()])  # wrong size
+        connection.commit()
     embedder = CountingEmbedder()
-    retriever = ready(HOTEL, embedder, EmbeddingCache(path))
+    retriever = ready(HOTEL, embedder, open_cache(path))
     assert len(embedder.embedded) >= len(HOTEL)  # embedded again rather than trusted
     assert injected(ask(retriever, "can I pay with my phone"))[0] == "payment"
 
