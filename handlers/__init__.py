@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from . import admin, admin_api, admin_ws, completions, models
+from . import admin, completions, models
 
 default_handlers = [
     *completions.default_handlers,
     *models.default_handlers,
     *admin.default_handlers,
-    *admin_api.default_handlers,
-    *admin_ws.default_handlers,
 ]

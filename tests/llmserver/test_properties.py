@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handlers.admin_ws import record_message
+from handlers.admin.live_log import record_message
 from llmserver.knowledge.store import KnowledgeBase, KnowledgeError
 from llmserver.protocol.chat_request import parse_chat_request
 from llmserver.protocol.errors import ApiError, ServiceError

@@ -7,8 +7,8 @@ import tornado.httputil
 from llmserver.endpoints import ENDPOINTS
 from llmserver.protocol.errors import ApiError
 
-from .auth import AdminAccess, check_cross_site
-from .base import PageHandler
+from ..auth import AdminAccess, check_cross_site
+from ..base import PageHandler
 
 # The page runs only its own scripts and styles, and talks only to this server.
 CONTENT_SECURITY_POLICY = (

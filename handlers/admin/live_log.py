@@ -17,8 +17,8 @@ import tornado.websocket
 
 from llmserver.protocol.errors import ApiError
 
-from .auth import AdminAccess, is_same_origin
-from .base import JsonErrors
+from ..auth import AdminAccess, is_same_origin
+from ..base import JsonErrors
 
 logger = logging.getLogger("llmserver.handlers")
 RECENT_ON_CONNECT = 200
