@@ -54,7 +54,7 @@ import soundfile
 from llmserver.audio.codec import SIMULATED_TRANSCRIPT
 from llmserver.settings import Settings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST = "127.0.0.1"
 READ_LIMIT = 1 << 24  # the StreamReader's line limit: response heads are never near it
 KILL_ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
