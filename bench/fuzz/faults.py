@@ -1,5 +1,6 @@
 """Phase 2: valid requests to /chat, /rag and /audio (streamed and not) through a fake upstream that injects a
-random fault into some of them (`--faults`): each failure is attributed to an injected fault, or else is a defect."""
+random fault into some of them (`--faults`): each failure is attributed to an injected fault, or else is a defect.
+judge_completion, which says whether an answer came whole, serves the targeted families too."""
 
 from __future__ import annotations
 
@@ -43,8 +44,11 @@ EXPECTED_TEXT = "".join(f"word{i} " for i in range(FAKE_WORDS))
 HARMLESS_FAULTS = frozenset({"header_delay", "close_after_response"})
 
 
-def judge_completion(endpoint: str, stream: bool, result: Exchange, clip_bytes: int) -> tuple[str, str]:
-    """(outcome, detail): outcome "ok" or what went wrong."""
+def judge_completion(
+    endpoint: str, stream: bool, result: Exchange, clip_bytes: int | None, expected: str | None = EXPECTED_TEXT
+) -> tuple[str, str]:
+    """(outcome, detail): outcome "ok" or what went wrong. The answer must be `expected` (None: any text but
+    blanks) and, on /audio, a clip of `clip_bytes` (None: any clip) with its transcript."""
     if result.error:
         return result.error, result.detail
     response = result.responses[0]
@@ -58,9 +62,9 @@ def judge_completion(endpoint: str, stream: bool, result: Exchange, clip_bytes: 
             return "bad json", response.body[:300].decode("utf-8", "replace")
         if endpoint == "audio":
             audio = message.get("audio") or {}
-            if len(base64.b64decode(audio.get("data", ""))) != clip_bytes or not audio.get("transcript"):
+            if not _whole_clip(base64.b64decode(audio.get("data", "")), clip_bytes) or not audio.get("transcript"):
                 return "wrong audio", str(audio.get("transcript"))[:100]
-        elif message.get("content") != EXPECTED_TEXT:
+        elif not _expected_text(message.get("content"), expected):
             return "wrong content", repr(message.get("content"))[:200]
         return "ok", ""
     payloads = sse_payloads(response.body)
@@ -90,11 +94,19 @@ def judge_completion(endpoint: str, stream: bool, result: Exchange, clip_bytes: 
     if not finished:
         return "no finish_reason", ""
     if endpoint == "audio":
-        if len(base64.b64decode("".join(audio_data))) != clip_bytes or not transcript:
+        if not _whole_clip(base64.b64decode("".join(audio_data)), clip_bytes) or not transcript:
             return "wrong audio", f"{len(audio_data)} chunks"
-    elif "".join(text) != EXPECTED_TEXT:
+    elif not _expected_text("".join(text), expected):
         return "wrong content", repr("".join(text))[:200]
     return "ok", ""
+
+
+def _whole_clip(pcm: bytes, clip_bytes: int | None) -> bool:
+    return len(pcm) == clip_bytes if clip_bytes is not None else bool(pcm)
+
+
+def _expected_text(text: Any, expected: str | None) -> bool:
+    return text == expected if expected is not None else isinstance(text, str) and bool(text.strip())
 
 
 async def fault_phase(count: int, concurrency: int, seed: int, probability: float, folder: str) -> FaultReport:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from .families import FamiliesReport
 from .faults import FaultReport
 from .hostile_phase import HostileReport
 from .kills import KillReport
@@ -110,27 +111,40 @@ def _kill_section(args: argparse.Namespace, kill: KillReport) -> list[str]:
     ]
 
 
+def _families_section(args: argparse.Namespace, families: FamiliesReport) -> list[str]:
+    out = [f"## 4. Targeted families ({families.sent} requests in {families.seconds:.1f} s)", ""]
+    if not args.families:
+        return [*out, "Skipped.", ""]
+    out += ["| family | requests | outcomes | problems | measured |", "|---|---|---|---|---|"]
+    for family in families.families:
+        outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(family.statuses.items(), key=str))
+        measured = "; ".join(family.measures) or "-"
+        out.append(f"| {family.name} | {family.sent} | {outcomes} | {len(family.problems)} | {_cell(measured)} |")
+    return [*out, ""]
+
+
 def summary(
     args: argparse.Namespace,
     hostile: HostileReport,
     faults: FaultReport,
     kill: KillReport,
+    families: FamiliesReport,
     seconds: float,
 ) -> tuple[str, bool]:
     """The Markdown report, and whether it found a defect (a 5xx not caused by the upstream, a traceback or ERROR
     line, a lost save, a mismatched pair, a refused start, or a broken answer)."""
-    all_statuses = hostile.statuses + faults.statuses + kill.statuses
-    five_xx = hostile.five_xx + faults.five_xx + kill.five_xx
-    five_xx_upstream = faults.five_xx_upstream
+    all_statuses = hostile.statuses + faults.statuses + kill.statuses + families.statuses
+    five_xx = hostile.five_xx + faults.five_xx + kill.five_xx + families.five_xx
+    five_xx_upstream = faults.five_xx_upstream + families.five_xx_upstream
     five_xx_defects = five_xx - five_xx_upstream
     logs = LogReport()
-    for log in (hostile.log, faults.log, kill.log):
+    for log in (hostile.log, faults.log, kill.log, families.log):
         logs.add(log)
     resets = sum(n for (error, _), n in hostile.errors.items() if error == "reset") + faults.resets + kill.resets
     timeouts = sum(n for (error, _), n in hostile.errors.items() if error == "timeout")
     closed = sum(n for (error, _), n in hostile.errors.items() if error in ("closed", "bad-response"))
     defects = [f"{what}: {len(cases)} time(s); the first: {cases[0]}" for what, cases in hostile.defect_groups.items()]
-    defects += hostile.defects + faults.defects + kill.defects
+    defects += hostile.defects + faults.defects + kill.defects + families.problems
     if not hostile.server_alive:
         defects.insert(0, "the server was not serving /healthz after the hostile requests")
     if not hostile.live_log_ok:
@@ -150,8 +164,8 @@ def summary(
         "",
         "| measure | value |",
         "|---|---|",
-        f"| requests sent (hostile + faulty upstream + admin changes) | {hostile.sent} + {faults.sent} + "
-        f"{kill.changes_sent} |",
+        f"| requests sent (hostile + faulty upstream + admin changes + targeted families) | {hostile.sent} + "
+        f"{faults.sent} + {kill.changes_sent} + {families.sent} |",
         f"| responses by status | {', '.join(f'{s}: {n}' for s, n in sorted(all_statuses.items()))} |",
         f"| 5xx responses | {five_xx} ({five_xx_upstream} caused by the upstream, {five_xx_defects} not) |",
         f"| tracebacks in the server logs | {len(logs.tracebacks)} |",
@@ -167,6 +181,7 @@ def summary(
         *_hostile_section(args, hostile),
         *_fault_section(args, faults),
         *_kill_section(args, kill),
+        *_families_section(args, families),
     ]
     if defects or logs.tracebacks or logs.error_lines:
         out += ["## Defects", ""]
