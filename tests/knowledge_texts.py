@@ -1,6 +1,10 @@
-"""Knowledge bases the retrieval tests use: the cases issue 10 reproduced, in documents of our own."""
+"""Knowledge bases the retrieval tests use: the cases issue 10 reproduced, in documents of our own; and made-up
+text."""
 
 from __future__ import annotations
+
+import random
+import string
 
 LIGHTHOUSE = [
     {
@@ -66,3 +70,14 @@ def terms_and_conditions() -> dict:
         for n, (title, text) in enumerate(_SECTIONS.items(), 1)
     ]
     return {"id": "terms", "title": "General terms and conditions", "content": "\n\n".join(sections)}
+
+
+def gibberish(chars: int, seed: int = 1) -> str:
+    """Distinct made-up words: the costliest text to tokenise, score and embed (the fuzz campaign's long queries)."""
+    rng = random.Random(seed)
+    words, size = [], 0
+    while size < chars:
+        word = "".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 10)))
+        words.append(word)
+        size += len(word) + 1
+    return " ".join(words)[:chars]

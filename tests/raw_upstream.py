@@ -1,9 +1,11 @@
 """An upstream that answers with bytes it is given, HTTP or not: what a broken proxy, a wrong port or a hostile
 upstream sends. It reads each request (headers and Content-Length body) before answering, on 127.0.0.1 and a port
-the OS picks."""
+the OS picks. The fuzz campaign runs it as a separate process: `python -m tests.raw_upstream --answer NAME` prints
+its port, then answers every request with that one of MALFORMED_ANSWERS."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -52,9 +54,13 @@ class RawUpstream:
         return self
 
     @property
-    def base_url(self) -> str:
+    def port(self) -> int:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
@@ -77,3 +83,17 @@ class RawUpstream:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+async def _main() -> None:
+    parser = argparse.ArgumentParser(description="Run an upstream that answers every request with malformed bytes.")
+    parser.add_argument("--answer", required=True, choices=sorted(MALFORMED_ANSWERS), help="what it answers")
+    parser.add_argument("--keep-open", action="store_true", help="leave each connection open after the answer")
+    args = parser.parse_args()
+    upstream = await RawUpstream(MALFORMED_ANSWERS[args.answer], keep_open=args.keep_open).start()
+    print(upstream.port, flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

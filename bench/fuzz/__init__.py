@@ -1,0 +1,1 @@
+"""The fuzz-and-fault campaign: `python -m bench.fuzz` (see __main__.py)."""
