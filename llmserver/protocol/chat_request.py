@@ -14,6 +14,7 @@ ENGINE_TOP_LEVEL_FIELDS = ("context", "turn_id", "timestamp", "interruptable")
 ENGINE_MESSAGE_FIELDS = ("turn_id", "timestamp", "metadata")
 
 _NUMBER = (int, float)
+MAX_MODEL_CHARS = 256
 # Known fields and the JSON types they must have; unknown fields pass through unchecked.
 _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "model": ((str,), "a string"),
@@ -188,6 +189,11 @@ def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
             param = f"tools[{index}].function.name"
             raise ApiError(400, f"'{param}' must be a non-empty string.", param=param, code="invalid_type")
 
+    if isinstance(body.get("model"), str) and len(body["model"]) > MAX_MODEL_CHARS:
+        # Every chunk of the answer names the model: a megabyte name would be sent back hundreds of times over.
+        raise ApiError(
+            400, f"'model' must be at most {MAX_MODEL_CHARS} characters.", param="model", code="string_above_max_length"
+        )
     engine_fields = {name: body.pop(name) for name in ENGINE_TOP_LEVEL_FIELDS if name in body}
     message_fields = []
     for message in messages:
