@@ -93,31 +93,43 @@ class LiveLogWatcher:
 
 @dataclass
 class Retention:
-    """What the server keeps of requests with a 1 MB `model` or `turn_id` (fields the request log records)."""
+    """What the server keeps of requests with a megabyte `turn_id` (a field the request log records) or a
+    megabyte `model` (refused: every chunk of an answer would name it): the records as the history holds them,
+    the log written, and the resident memory added (which also counts the heap's own growth)."""
 
     requests: int = 0
+    record_bytes: float = 0.0  # of each record, as GET /admin/api/history gives it
     rss_mb: float = 0.0  # resident memory added, per request
     log_bytes: float = 0.0  # log written, per request
+    refused: int = 0  # of the megabyte model names
 
     def __str__(self) -> str:
         return (
-            f"{self.requests} valid /audio requests with a 1 MB model or turn_id: {self.rss_mb:.2f} MB of memory kept "
-            f"and {self.log_bytes / 1e6:.2f} MB of log written per request"
+            f"{self.requests} /audio requests with a 1 MB turn_id or model ({self.refused} of the models refused): "
+            f"{self.record_bytes / 1e3:.1f} KB kept per record, {self.log_bytes / 1e3:.1f} KB of log written and "
+            f"{self.rss_mb:.2f} MB of resident memory added per request"
         )
 
 
 async def retention_probe(server: ServerProcess, count: int) -> Retention:
-    """Sends `count` valid requests whose `model` or `turn_id` is a megabyte of text (the body stays within the
-    limit), then measures the memory the server still holds and the log it wrote: a request log that keeps such
-    values whole holds up to REQUEST_LOG_SIZE of them (1000 by default), and writes each into a log line."""
+    """Sends `count` requests whose `turn_id` or `model` is a megabyte of text (the body stays within the limit),
+    then measures what the server keeps of them: a request log that kept such values whole would hold up to
+    REQUEST_LOG_SIZE of them (1000 by default), and write each into a log line."""
     rss_before, log_before = server.rss_mb() or 0.0, os.path.getsize(server.log_path)
+    refused = 0
     for number in range(count):
         body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
         body["model" if number % 2 else "turn_id"] = chr(65 + number % 26) * 1_000_000
-        await call(server.port, "POST", "/audio/chat/completions", [JSON], json.dumps(body).encode())
+        response = await call(server.port, "POST", "/audio/chat/completions", [JSON], json.dumps(body).encode())
+        refused += number % 2 == 1 and bool(response.responses) and response.responses[0].status == 400
     await asyncio.sleep(0.5)
     added_rss = (server.rss_mb() or 0.0) - rss_before
-    return Retention(count, added_rss / count, (os.path.getsize(server.log_path) - log_before) / count)
+    auth = ("Authorization", f"Bearer {server.admin_token}")
+    history = await call(server.port, "GET", f"/admin/api/history?limit={count}&endpoint=audio", [auth])
+    answered = history.responses[0] if history.responses else None
+    records = json.loads(answered.body)["records"] if answered is not None and answered.status == 200 else []
+    kept = sum(len(json.dumps(record)) for record in records) / max(1, len(records))
+    return Retention(count, kept, added_rss / count, (os.path.getsize(server.log_path) - log_before) / count, refused)
 
 
 async def dashboard_cookies(port: int, token: str) -> tuple[str, str]:
