@@ -51,6 +51,7 @@ SHIPPED_AUDIO = os.path.join(PROJECT_ROOT, "audio")
 
 
 logger = logging.getLogger("llmserver")
+MIN_ADMIN_TOKEN_CHARS = 24
 
 
 class StartupError(Exception):
@@ -243,6 +244,14 @@ def admin_secrets(settings: Settings, shared: SharedDeployment | None = None) ->
     """ADMIN_TOKEN and COOKIE_SECRET when set; else the ones kept in the data directory (made at the first start),
     or with Redis the ones all processes share."""
     path = os.path.join(settings.data_dir, "secrets.json")
+    if settings.admin_token and len(settings.admin_token) < MIN_ADMIN_TOKEN_CHARS:
+        # The sign-in throttle turns guessers away but lets the right token in from anywhere (an operator behind the
+        # same proxy as a guesser must still sign in): only the token's length bounds how fast it can be guessed.
+        logger.warning(
+            "ADMIN_TOKEN has %d characters: give it at least %d random ones (the generated token has 32)",
+            len(settings.admin_token),
+            MIN_ADMIN_TOKEN_CHARS,
+        )
     try:
         kept = load_or_create(path)
         if shared is not None:

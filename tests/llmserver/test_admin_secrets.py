@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 
@@ -75,3 +76,13 @@ async def test_secrets_that_are_not_text_are_made_again_never_used_as_none(
     assert os.stat(secrets_not_text).st_mode & 0o777 == 0o600
     said = [record.getMessage() for record in caplog.get_records("setup")]
     assert any("secrets.json" in line and "new ones are made" in line for line in said), said
+
+
+@pytest.mark.parametrize("token,warned", [("short-token", True), ("t" * 32, False)])
+def test_a_short_admin_token_is_warned_of_at_start(tmp_path, caplog, token, warned):
+    from llmserver.services import admin_secrets
+    from llmserver.settings import Settings
+
+    with caplog.at_level(logging.WARNING, logger="llmserver"):
+        assert admin_secrets(Settings(data_dir=str(tmp_path), admin_token=token)).admin_token == token
+    assert ("ADMIN_TOKEN has" in caplog.text) is warned
