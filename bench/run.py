@@ -22,14 +22,14 @@ from tornado.httpclient import AsyncHTTPClient
 
 from bench.knowledge_gen import generate_documents, generate_queries
 from bench.load import LoadResult, chunk_arrivals, percentile, probe_under_load, run_load
-from bench.processes import fake_upstream, llm_server
+from fakes.processes import fake_upstream, llm_server
+from fakes.upstream import FakeUpstream
 from llmserver.knowledge.embeddings import BundledEmbedder
 from llmserver.knowledge.query import single_query
 from llmserver.knowledge.retriever import Retriever
 from llmserver.services import build_services
 from llmserver.settings import Settings
 from server import make_app, make_http_server
-from tests.fake_upstream import FakeUpstream
 
 CHAT_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Tell me a story."}], "stream": True}
 RAG_BODY = {

@@ -24,8 +24,8 @@ from pathlib import Path
 from tornado.httpclient import AsyncHTTPClient
 
 from bench.load import percentile, request_bytes, run_load
-from bench.processes import fake_upstream, llm_server
-from tests.redis_server import RedisServer
+from fakes.processes import fake_upstream, llm_server
+from fakes.redis_server import RedisServer
 
 CHAT_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Tell me a story."}], "stream": True}
 TOKEN = "bench-admin-token"
@@ -89,11 +89,11 @@ async def throughput(seconds: float, words: int, rounds: int) -> list[str]:
             for workers, results in ((1, one), (2, two)):
                 with server(upstream, "--workers", str(workers), redis=redis) as port:
                     await run_load(port, "/chat/completions", CHAT_BODY, 8, 1.0)  # warm-up
-                    before = [cpu_seconds(DATA_DIRS[port]), cpu_seconds("tests.fake_upstream"), load_cpu_seconds()]
+                    before = [cpu_seconds(DATA_DIRS[port]), cpu_seconds("fakes.upstream"), load_cpu_seconds()]
                     started = time.perf_counter()
                     result = await run_load(port, "/chat/completions", CHAT_BODY, 50, seconds)
                     wall = time.perf_counter() - started
-                    after = [cpu_seconds(DATA_DIRS[port]), cpu_seconds("tests.fake_upstream"), load_cpu_seconds()]
+                    after = [cpu_seconds(DATA_DIRS[port]), cpu_seconds("fakes.upstream"), load_cpu_seconds()]
                     results.append(result.streams_per_second)
                     server_cpu, upstream_cpu, client_cpu = (b - a for a, b in zip(before, after, strict=True))
                     shares[workers].append((server_cpu / wall, upstream_cpu / wall, client_cpu / wall))

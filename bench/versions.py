@@ -20,8 +20,8 @@ import tarfile
 import tempfile
 
 from bench.load import run_load
-from bench.processes import ROOT, fake_upstream, llm_server
 from bench.run import CHAT_BODY
+from fakes.processes import ROOT, fake_upstream, llm_server
 
 
 def extract(revision: str, into: str) -> str:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import tornado.ioloop
 
+from fakes.upstream import FakeUpstream
 from llmserver.services import SHIPPED_AUDIO, SHIPPED_KNOWLEDGE, build_services
 from llmserver.settings import Settings
 from server import make_app, make_http_server
-from tests.fake_upstream import FakeUpstream
 from tests.operator_data import DataGuard
 
 SERVER_KEY = "sk-server-key-for-tests"

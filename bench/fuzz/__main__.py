@@ -5,7 +5,7 @@
     .venv/bin/python -m bench.fuzz --quick    # 600, 60, 8, 60 slow sockets and 1 megabyte query: about a minute
     .venv/bin/python -m bench.fuzz --requests 2000 --kills 10 --seed 7 --no-families
 
-Four phases, each against fresh processes (`python -m tests.fake_upstream`, `python -m tests.raw_upstream` and
+Four phases, each against fresh processes (`python -m fakes.upstream`, `python -m fakes.raw_upstream` and
 `python server.py --port 0 --data-dir <temporary directory>`, on ports the OS picks; the repository's own data/ is
 never touched):
 

@@ -11,9 +11,9 @@ of rows: a name, the request, and what its answer must be.
 - colliding keys: {"appId": "a:b", "userId": "c"} and {"appId": "a", "userId": "b:c"} are two conversations, and
   another caller (another Bearer key, or none) naming the same `user` reaches nothing of the first's memory (the
   offline responder calls the server's current_time tool for "What time is it in Tokyo?", which is remembered).
-- malformed upstream HTTP: an upstream answering each of tests/raw_upstream.py's MALFORMED_ANSWERS: every answer
+- malformed upstream HTTP: an upstream answering each of fakes/raw_upstream.py's MALFORMED_ANSWERS: every answer
   is a 502 or an error event in OpenAI's error shape, never a 500.
-- client shapes: tests/client_shapes.py's real clients on every endpoint, streamed and not, offline and relayed: a
+- client shapes: fakes/client_shapes.py's real clients on every endpoint, streamed and not, offline and relayed: a
   200 with a whole answer.
 - query-string numbers: limit=nan, inf, -1e400 (and before, since, until) on the history and conversations: 400s.
 """
@@ -32,9 +32,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.client_shapes import CLIENTS
-from tests.knowledge_texts import gibberish
-from tests.raw_upstream import MALFORMED_ANSWERS
+from fakes.client_shapes import CLIENTS
+from fakes.knowledge_texts import gibberish
+from fakes.raw_upstream import MALFORMED_ANSWERS
 
 from .faults import EXPECTED_TEXT, judge_completion
 from .hostile import COMPLETIONS

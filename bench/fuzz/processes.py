@@ -1,5 +1,5 @@
 """The campaign's processes: the server, the fake upstream and the raw upstream, on ports the OS picks, each writing
-to a file of the campaign's folder (the repository's own data/ is never touched), started with bench.processes in a
+to a file of the campaign's folder (the repository's own data/ is never touched), started with fakes.processes in a
 thread so the campaign's event loop goes on meanwhile."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Iterable
 
 from bench import processes
-from bench.processes import StartRefused
+from fakes.processes import StartRefused
 from llmserver.settings import Settings
 
 from .wire import HOST
@@ -92,20 +92,20 @@ async def _start_fake(folder: str, name: str, module: str, args: list[str]) -> t
 async def start_fake_upstream(
     folder: str, name: str, faults: float = 0.0, seed: int = 0, call_tool: str | None = None
 ) -> tuple[subprocess.Popen, int, str]:
-    """The fake upstream (`python -m tests.fake_upstream`): (process, port, the file of its stdout: the port, then
+    """The fake upstream (`python -m fakes.upstream`): (process, port, the file of its stdout: the port, then
     with --faults one JSON line per chat request)."""
     args = ["--words", str(FAKE_WORDS)]
     if faults:
         args += ["--faults", str(faults), "--fault-seed", str(seed)]
     if call_tool:
         args += ["--call-tool", call_tool]
-    return await _start_fake(folder, name, "tests.fake_upstream", args)
+    return await _start_fake(folder, name, "fakes.upstream", args)
 
 
 async def start_raw_upstream(folder: str, name: str, answer: str) -> tuple[subprocess.Popen, int]:
-    """The raw upstream (`python -m tests.raw_upstream --answer NAME`), answering every request with the bytes of
+    """The raw upstream (`python -m fakes.raw_upstream --answer NAME`), answering every request with the bytes of
     one of its MALFORMED_ANSWERS."""
-    process, port, _ = await _start_fake(folder, name, "tests.raw_upstream", ["--answer", answer])
+    process, port, _ = await _start_fake(folder, name, "fakes.raw_upstream", ["--answer", answer])
     return process, port
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -19,6 +17,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
+from fakes import processes
 from tests.audio_files import encode, tone
 from tests.conftest import ROOT
 
@@ -38,27 +37,16 @@ CHROMIUM_FLAGS = [
 def server_process(folder: Path, port: int = 0, settings: Mapping[str, str] = MappingProxyType({})) -> Iterator[str]:
     """`python server.py` in offline mode on the data in `folder`, with `settings` (environment variables) too;
     yields its URL."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
-    environment.update(
+    environment = processes.server_environment(
         ADMIN_TOKEN=ADMIN_TOKEN, COOKIE_SECRET="browser-tests", OFFLINE_WORD_DELAY="0", AUDIO_PACE="burst"
     )
     environment.update(settings)
-    arguments = ["--port", str(port), "--data-dir", str(folder / "data")]
-    process = subprocess.Popen(
-        [sys.executable, "server.py", *arguments],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    arguments = ["--data-dir", str(folder / "data"), "--port", str(port)]
+    process, listening = processes.start_server(str(folder / "server.log"), arguments, environment)
     try:
-        line = process.stdout.readline()
-        yield line.split("listening on ")[1].split()[0]
+        yield processes.server_url(listening)
     finally:
-        process.terminate()
-        process.wait(15)
-        process.stdout.close()
+        processes.stop(process, 15)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Every real client's request shape (tests/client_shapes.py) on every completion endpoint, streamed and not,
+"""Every real client's request shape (fakes/client_shapes.py) on every completion endpoint, streamed and not,
 offline and relayed: each gets a whole answer, never an error. Every voice client sends system messages first, so
 a defect there (the offline responder failed every such request) breaks the first call a new user makes."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from fakes.client_shapes import CLIENTS
 from tests.client import json_of, post, stream
-from tests.client_shapes import CLIENTS
 
 ENDPOINTS = ("/chat/completions", "/v1/rag/chat/completions", "/audio/chat/completions")
 ENGINE_FIELDS = {"turn_id", "timestamp", "interruptable", "context"}

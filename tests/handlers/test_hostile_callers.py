@@ -12,8 +12,8 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from fakes.upstream import ScriptedTurn
 from tests.client import eventually, post, stream
-from tests.fake_upstream import ScriptedTurn
 from tests.handlers.admin_client import bearer
 
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from fakes.raw_upstream import MALFORMED_ANSWERS, RawUpstream
 from tests.client import post, stream
-from tests.raw_upstream import MALFORMED_ANSWERS, RawUpstream
 
 USER = {"role": "user", "content": "Hello"}
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from fakes.upstream import ScriptedTurn
 from llmserver.knowledge.context import WAITING_MESSAGE_ID
 from llmserver.settings import DEFAULT_WAITING_MESSAGES
 from tests.client import RawClient, eventually, json_of, post, stream
-from tests.fake_upstream import ScriptedTurn
 
 QUESTION = {"role": "user", "content": "How do I connect this server to Agora?"}
 SYSTEM = {"role": "system", "content": "You are a voice assistant."}

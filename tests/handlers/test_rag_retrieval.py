@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from fakes.knowledge_texts import HOTEL, LIGHTHOUSE, terms_and_conditions
 from tests.client import stream
 from tests.handlers.admin_client import bearer
-from tests.knowledge_texts import HOTEL, LIGHTHOUSE, terms_and_conditions
 
 pytestmark = pytest.mark.settings(embeddings="bundled")
 

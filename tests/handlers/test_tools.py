@@ -23,11 +23,11 @@ import tornado.netutil
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
+from fakes.mcp_server import STDIO_COMMAND, serving_http
+from fakes.redis_server import free_port
+from fakes.upstream import ScriptedTurn
 from tests.client import RawClient, eventually, json_of, post, stream
-from tests.fake_upstream import ScriptedTurn
 from tests.handlers.admin_client import bearer
-from tests.mcp_server import STDIO_COMMAND, serving_http
-from tests.redis_server import free_port
 
 pytestmark = pytest.mark.settings(server_tools=("chat", "rag"))
 USER = {"role": "user", "content": "Book me a table for two tonight."}

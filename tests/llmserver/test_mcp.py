@@ -1,4 +1,4 @@
-"""MCP servers through McpServerTools and the registry, against the `mcp` package's own server (tests/mcp_server.py)
+"""MCP servers through McpServerTools and the registry, against the `mcp` package's own server (fakes/mcp_server.py)
 over streamable HTTP and stdio: a connection held for many health periods with calls throughout, a server that
 really dies is noticed by the health check alone and reconnected, and the state names the root cause of a failure."""
 
@@ -16,12 +16,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from fakes.mcp_server import STDIO_COMMAND, serving_http
+from fakes.redis_server import free_port
 from llmserver.tools.mcp import MAX_ANSWER_BYTES, McpServerTools
 from llmserver.tools.registry import ToolCall, ToolRegistry
 from llmserver.tools.tools_file import McpServerConfig
 from tests.client import eventually
-from tests.mcp_server import STDIO_COMMAND, serving_http
-from tests.redis_server import free_port
 
 HEALTH = 0.2  # seconds: short, so a test sees many health periods
 TRANSPORTS = ["http", "stdio"]

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
+from fakes.embeddings import FakeEmbeddings
+from fakes.knowledge_texts import HOTEL, LIGHTHOUSE, terms_and_conditions
 from llmserver.knowledge.embeddings import BundledEmbedder, EmbeddingCache, EndpointEmbedder, QueryBatcher
 from llmserver.knowledge.query import conversation_query, single_query
 from llmserver.knowledge.retriever import RetrievalResult, Retriever
-from tests.fake_embeddings import FakeEmbeddings
-from tests.knowledge_texts import HOTEL, LIGHTHOUSE, terms_and_conditions
 
 
 class CountingEmbedder(BundledEmbedder):

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import pytest
 import tornado.testing
 
+from fakes.redis_server import RedisServer
+from fakes.tcp_proxy import TcpProxy
 from llmserver.services import Services, build_services
 from server import make_app, make_http_server
-from tests.redis_server import RedisServer
-from tests.tcp_proxy import TcpProxy
 
 
 @pytest.fixture

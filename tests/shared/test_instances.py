@@ -13,13 +13,13 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from fakes.redis_server import free_port
 from llmserver.services import StartupError, build_services
 from llmserver.shared.redis_state import SharedState, Shipper
 from llmserver.tools.memory import Exchange
 from tests.audio_files import encode, tone
 from tests.client import eventually, stream
 from tests.handlers.admin_client import bearer, multipart
-from tests.redis_server import free_port
 from tests.shared.conftest import start_instance, stop_instance
 
 QUESTION = "What is the zebra code for the back gate?"
@@ -234,7 +234,7 @@ async def test_after_a_long_outage_the_instances_are_back_at_their_next_attempt(
 
 @pytest.mark.gen_test(timeout=90)
 async def test_a_redis_that_lost_its_data_is_refilled_from_the_instances(tmp_path, settings, fake_upstream):
-    from tests.redis_server import RedisServer
+    from fakes.redis_server import RedisServer
 
     forgetful = RedisServer(tmp_path / "forgetful", durable=False).start()
     base = dataclasses.replace(settings, redis_url=forgetful.url)

@@ -8,47 +8,38 @@ import json
 import os
 import re
 import signal
-import sys
+import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from bench.load import run_load
+from fakes.processes import server_environment, server_url, start_server
+from fakes.redis_server import free_port
 from tests.client import eventually, stream
 from tests.handlers.admin_client import bearer
-from tests.redis_server import free_port
-from tests.test_server_process import ROOT, open_stream, run_until_exit
+from tests.test_server_process import open_stream, run_until_exit
 
 TOKEN = "workers-test-token"
 CHAT = {"messages": [{"role": "user", "content": "Tell me a story."}]}
 
 
 @contextlib.asynccontextmanager
-async def workers(
-    tmp_path, redis_url: str, *args: str, count: int = 2
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+async def workers(tmp_path, redis_url: str, *args: str, count: int = 2) -> AsyncIterator[tuple[subprocess.Popen, str]]:
     """The server with `count` workers; its log goes to a file (a full pipe would stall it), read by `log_of`."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "PROMETHEUS_"))}
-    with open(tmp_path / "server.log", "wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            os.path.join(ROOT, "server.py"),
-            *("--port", "0", "--workers", str(count), "--redis-url", redis_url, "--admin-token", TOKEN),
-            *("--data-dir", str(tmp_path / "data"), "--embeddings", "none", *args),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-            env=environment,
-            cwd=ROOT,
-        )
+    arguments = ["--workers", str(count), "--redis-url", redis_url, "--admin-token", TOKEN]
+    arguments += ["--data-dir", str(tmp_path / "data"), "--embeddings", "none", *args]
+    process, listening = await asyncio.to_thread(start_server, str(tmp_path / "server.log"), arguments,
+                                                 server_environment())  # fmt: skip
     try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-        assert "listening on" in line and (count == 1 or f"({count} workers)" in line), line + log_of(tmp_path)
-        yield process, line.split("listening on ")[1].split()[0]
+        line = listening.group(0).splitlines()[0]
+        assert count == 1 or f"({count} workers)" in line, line + log_of(tmp_path)
+        yield process, server_url(listening)
     finally:
-        if process.returncode is None:
+        if process.poll() is None:
             process.kill()  # the supervisor only: its workers are told by Linux and stop (their pipe closes)
-            await asyncio.wait_for(process.wait(), 30)
+            await asyncio.to_thread(process.wait, 30)
 
 
 def log_of(tmp_path) -> str:
@@ -126,7 +117,7 @@ async def test_a_killed_worker_is_restarted_and_its_peer_loses_nothing(tmp_path,
         assert len(survivors) == 2 and f":{victim}" not in " ".join(survivors)
         await eventually(lambda: f"pid {victim}) died (signal 9); starting another" in log_of(tmp_path))
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert await asyncio.to_thread(process.wait, 30) == 0
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -139,7 +130,7 @@ async def test_sigterm_drains_every_worker_then_exits_0(tmp_path, redis_server, 
         for reader, writer in streams:
             assert b"data: [DONE]" in await asyncio.wait_for(reader.read(), 30), "a running stream was cut"
             writer.close()
-        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert await asyncio.to_thread(process.wait, 30) == 0
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -170,7 +161,7 @@ async def test_sigterm_right_after_a_burst_of_traffic_still_exits_promptly(tmp_p
         port = int(url.rsplit(":", 1)[1])
         await run_load(port, "/chat/completions", {**CHAT, "stream": True}, 30, 2.0)
         process.terminate()
-        assert await asyncio.wait_for(process.wait(), 15) == 0
+        assert await asyncio.to_thread(process.wait, 15) == 0
 
 
 @pytest.mark.gen_test(timeout=120)

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from fakes.upstream import ScriptedTurn
 from llmserver.endpoints import AUDIO, CHAT, RAG
 from llmserver.protocol.chat_request import parse_chat_request
 from llmserver.turn.model import Caller
-from tests.fake_upstream import ScriptedTurn
 from tests.sinks import RecordingSink
 
 QUESTION = {"role": "user", "content": "How do I connect this server to Agora?"}

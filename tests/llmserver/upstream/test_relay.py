@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from fakes.upstream import ScriptedTurn
 from llmserver.protocol.errors import ApiError
 from llmserver.request_log import RequestLog
 from llmserver.tools.registry import Tool, ToolRegistry
@@ -16,7 +17,6 @@ from llmserver.upstream.openai_upstream import OpenAIUpstream
 from llmserver.upstream.relay import Relay, RelayPolicy
 from llmserver.upstream.tool_loop import ToolUse
 from tests.client import eventually
-from tests.fake_upstream import ScriptedTurn
 from tests.sinks import RecordingSink
 
 USER = {"role": "user", "content": "What time is it?"}

@@ -74,6 +74,17 @@ def start_module(
         raise
 
 
+def server_environment(**env: str) -> dict[str, str]:
+    """This process's environment without what would point a server elsewhere (an upstream, a metrics folder), and
+    with `env`."""
+    cleaned = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "PROMETHEUS_"))}
+    return {**cleaned, **env}
+
+
+def server_url(listening: re.Match) -> str:
+    return f"http://localhost:{listening.group(1)}"
+
+
 def start_server(
     log_path: str, args: Sequence[str], env: Mapping[str, str], root: str = ROOT
 ) -> tuple[subprocess.Popen, re.Match]:
@@ -103,7 +114,7 @@ def fake_upstream(
     if call_tool:
         pacing += ["--call-tool", call_tool]
     with tempfile.NamedTemporaryFile(prefix="bench-upstream-", suffix=".out") as out:
-        process, port = start_module("tests.fake_upstream", ["--words", str(words), *pacing], out.name)
+        process, port = start_module("fakes.upstream", ["--words", str(words), *pacing], out.name)
         try:
             yield port
         finally:
@@ -126,7 +137,7 @@ def wait_until_ready(port: int, seconds: float = 180.0) -> None:
 def llm_server(upstream_port: int | None, *args: str, root: str = ROOT, **env: str) -> Iterator[int]:
     """`server.py` of `root` against the fake upstream, on a temporary data directory; yields its port once it is
     ready."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_"))}
+    environment = server_environment()
     if upstream_port is not None:
         environment["OPENAI_BASE_URL"] = f"http://127.0.0.1:{upstream_port}/v1"
         environment["OPENAI_API_KEY"] = "sk-bench"

@@ -1,8 +1,8 @@
 """A real MCP server for the tests, made with the `mcp` package's own MCPServer: over streamable HTTP on 127.0.0.1
 (a port the OS picks, printed on the first line), or over stdio with --stdio.
 
-    python -m tests.mcp_server            # prints the port, serves http://127.0.0.1:<port>/mcp
-    python -m tests.mcp_server --stdio
+    python -m fakes.mcp_server            # prints the port, serves http://127.0.0.1:<port>/mcp
+    python -m fakes.mcp_server --stdio
 
 `serving_http()` runs the first in a subprocess for a test; `STDIO_COMMAND` is the second as a tools file names it.
 """
@@ -25,7 +25,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STDIO_COMMAND = {"command": sys.executable, "args": ["-m", "tests.mcp_server", "--stdio"], "env": {"PYTHONPATH": ROOT}}
+STDIO_COMMAND = {"command": sys.executable, "args": ["-m", "fakes.mcp_server", "--stdio"], "env": {"PYTHONPATH": ROOT}}
 
 server = MCPServer("test-tools")
 
@@ -89,7 +89,7 @@ async def serve_http(port: int, force_gzip: bool = False) -> None:
 def serving_http(port: int = 0, *, force_gzip: bool = False) -> Iterator[int]:
     """The HTTP server in a subprocess while the block runs; yields its port."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.mcp_server", "--port", str(port), *(["--force-gzip"] if force_gzip else [])],
+        [sys.executable, "-m", "fakes.mcp_server", "--port", str(port), *(["--force-gzip"] if force_gzip else [])],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -1,6 +1,6 @@
 """An upstream that answers with bytes it is given, HTTP or not: what a broken proxy, a wrong port or a hostile
 upstream sends. It reads each request (headers and Content-Length body) before answering, on 127.0.0.1 and a port
-the OS picks. The fuzz campaign runs it as a separate process: `python -m tests.raw_upstream --answer NAME` prints
+the OS picks. The fuzz campaign runs it as a separate process: `python -m fakes.raw_upstream --answer NAME` prints
 its port, then answers every request with that one of MALFORMED_ANSWERS."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A fake OpenAI-compatible upstream: a real HTTP server on 127.0.0.1 that speaks the real wire format.
 
 Tests set `FakeUpstream.behaviour` to make it slow, fail with a status, cut a stream mid-way or send a bad chunk,
-and read back what it received. The benchmark runs it as a separate process: `python -m tests.fake_upstream`.
+and read back what it received. The benchmark runs it as a separate process: `python -m fakes.upstream`.
 """
 
 from __future__ import annotations
