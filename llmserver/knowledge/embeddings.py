@@ -187,6 +187,7 @@ class EndpointEmbedder:
         # Queries: one attempt within the timeout (retrieval falls back to lexical); passages: a few attempts.
         self._async = openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
         self._sync = openai.OpenAI(base_url=base_url, api_key=key, max_retries=2, timeout=max(timeout, 30.0))
+        self._closed = False
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import openai
@@ -195,8 +196,16 @@ class EndpointEmbedder:
         for start in range(0, len(texts), ENDPOINT_BATCH):
             batch = list(texts[start : start + ENDPOINT_BATCH])
             try:
+                if self._closed:
+                    raise RuntimeError("closed")
                 response = self._sync.embeddings.create(model=self._model, input=batch)
-            except openai.OpenAIError as exc:
+            except (openai.OpenAIError, RuntimeError) as exc:
+                # The server closes the client at shutdown while the start-up thread may still be embedding (or
+                # retrying a refused endpoint); httpx then raises RuntimeError.
+                if self._closed:
+                    raise EmbeddingError("the embeddings client was closed (the server is stopping)") from None
+                if not isinstance(exc, openai.OpenAIError):
+                    raise
                 raise EmbeddingError(f"the embeddings endpoint failed: {type(exc).__name__}") from None
             except ValueError:  # the SDK's word for an answer without vectors
                 raise EmbeddingError("the embeddings endpoint answered a different number of vectors") from None
@@ -218,6 +227,7 @@ class EndpointEmbedder:
             return None
 
     async def aclose(self) -> None:
+        self._closed = True
         self._sync.close()
         await self._async.close()
 

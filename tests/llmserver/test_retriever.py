@@ -14,7 +14,13 @@ import pytest
 
 from fakes.embeddings import FakeEmbeddings
 from fakes.knowledge_texts import HOTEL, LIGHTHOUSE, terms_and_conditions
-from llmserver.knowledge.embeddings import BundledEmbedder, EmbeddingCache, EndpointEmbedder, QueryBatcher
+from llmserver.knowledge.embeddings import (
+    BundledEmbedder,
+    EmbeddingCache,
+    EmbeddingError,
+    EndpointEmbedder,
+    QueryBatcher,
+)
 from llmserver.knowledge.query import conversation_query, single_query
 from llmserver.knowledge.retriever import RetrievalResult, Retriever
 
@@ -268,3 +274,17 @@ async def test_the_query_memory_is_bounded_and_a_failing_model_fails_every_waite
     retriever = ready(HOTEL, model)
     result = await retriever.retrieve(single_query("How much is a double room per night?"))
     assert result.semantic is False and injected(result)  # lexical retrieval still answers
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_endpoint_closed_at_shutdown_while_the_index_thread_embeds_ends_that_thread_quietly():
+    # The server closes the embedder on SIGTERM while the start-up thread may still be embedding (retrying a refused
+    # endpoint): the thread must end with the EmbeddingError it knows how to report, never a traceback (CI saw one).
+    embedder = EndpointEmbedder("http://127.0.0.1:9/v1", None, "fake-embedding", timeout=0.3)
+    await embedder.aclose()
+    retriever = Retriever(embedder, None)
+    retriever.rebuild(HOTEL, 1)
+    with pytest.raises(EmbeddingError, match="closed"):
+        embedder.embed(["a passage"])
+    await asyncio.get_running_loop().run_in_executor(None, retriever.start_semantic)  # no exception escapes
+    assert not retriever.semantic_ready and "closed" in retriever.semantic_error
