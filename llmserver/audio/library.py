@@ -22,9 +22,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
-from ..files import StaleState, remove_stale_temporaries, write_atomically
+from ..files import remove_stale_temporaries, write_atomically
+from ..versioned import VersionedStorage, change_with_retries, newer_state
 from .codec import (
     BYTES_PER_SECOND,
     SIMULATED_TRANSCRIPT,
@@ -44,7 +45,6 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}"
 _NAME = re.compile(rf"^{NAME_PATTERN}$")
 _AUDIO_FILE = re.compile(r"^[0-9a-f]{64}\.pcm$")
 MAX_TRANSCRIPT_CHARS = 10_000
-STALE_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -124,20 +124,42 @@ def simulated_clip() -> Clip:
     return Clip("simulated", simulated_pcm(), SIMULATED_TRANSCRIPT, simulated=True)
 
 
+class ClipStorage(VersionedStorage[LibraryState], Protocol):
+    """Where the library is kept: a folder (ClipFolder), or Redis, shared by several processes
+    (llmserver/shared/audio_store.py)."""
+
+    def store_audio(self, pcm: bytes) -> str:
+        """Keeps the audio (content-addressed) and returns its name."""
+        ...
+
+    def read_audio(self, audio_file: str) -> bytes: ...
+
+    def commit(self, state: LibraryState, previous: LibraryState) -> None:
+        """Makes `state` the library's; a shared store raises StaleState when it holds a newer version."""
+
+    def import_clips(self, clips: dict[str, tuple[bytes, str]], active: str | None) -> LibraryState | None:
+        """A new library holding `clips` (a shared store: None when another process filled it first)."""
+        ...
+
+
 class ClipFolder:
-    """The library's files: the manifest and the audio files it names. (The shared store, Redis, has the same
-    methods: llmserver/shared/audio_store.py.)"""
+    """The library's files: the manifest and the audio files it names. One process owns the folder, so it is never
+    behind."""
 
     shared = False
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
+    def stored_version(self) -> int | None:
+        state = self.load()
+        return None if state is None else state.version
+
     def path(self, name: str) -> str:
         return os.path.join(self.folder, name)
 
-    def load(self) -> LibraryState | None:
-        """The manifest, or None when there is none yet."""
+    def load(self, restore: LibraryState | None = None) -> LibraryState | None:
+        """The manifest, or None when there is none yet (`restore` is for shared stores)."""
         try:
             with open(self.path(MANIFEST), encoding="utf-8") as handle:
                 return LibraryState.from_json(json.load(handle))
@@ -231,7 +253,7 @@ class AudioLibrary:
         seed_folder: str | None = None,
         max_bytes: int = 25 * 1024 * 1024,
         max_seconds: float = 120.0,
-        store: Any = None,
+        store: ClipStorage | None = None,
     ) -> None:
         """Opens the library in `folder`; a new one starts with the clips of `seed_folder` (the shipped clip).
         With a shared `store`, the library is the store's; an empty store is first filled with the folder's clips
@@ -258,12 +280,7 @@ class AudioLibrary:
     def refresh(self) -> bool:
         """Catches up with the shared store (or re-fills it from this copy if it lost its data); returns whether
         anything changed here."""
-        if not self._files.shared:
-            return False
-        stored = self._files.stored_version()
-        if stored == self._state.version:
-            return False  # the usual case, every few seconds: one GET
-        state = self._files.load(restore=self._state if stored is None else None)  # None: it lost its data
+        state = newer_state(self._files, self._state.version, lambda: self._state)
         with self._lock:
             if state is None or state.version == self._state.version:
                 return False
@@ -328,23 +345,19 @@ class AudioLibrary:
     # Changing: each change is one commit of the manifest ------------------------------------------------------
 
     def _change(self, make: Callable[[LibraryState], LibraryState | None]) -> None:
-        """Commits `make(current state)` (None: nothing to change). When another process changed the shared store
-        first, re-reads it and makes the change again from there."""
-        for _ in range(STALE_RETRIES):
-            with self._lock:
-                changed = make(self._state)
-                if changed is None:
-                    return
-                state = replace(changed, version=self._state.version + 1)
-                try:
-                    self._files.commit(state, self._state)
-                except StaleState:
-                    pass
-                else:
-                    self._state = state
-                    return
-            self.refresh()
-        raise AudioError("The audio library is being changed elsewhere right now; try again.", status=409)
+        """Commits `make(current state)` (None: nothing to change), made again from the newer state when another
+        process changed the shared store first (llmserver.versioned)."""
+
+        def commit_once() -> None:
+            changed = make(self._state)
+            if changed is None:
+                return
+            state = replace(changed, version=self._state.version + 1)
+            self._files.commit(state, self._state)
+            self._state = state
+
+        conflict = AudioError("The audio library is being changed elsewhere right now; try again.", status=409)
+        change_with_retries(self._lock, commit_once, self.refresh, conflict)
 
     def add(self, name: str, data: bytes, transcript: Any, *, raw_pcm: bool = False, activate: bool = False) -> Clip:
         """Decodes, converts and stores a clip; refuses, changing nothing, anything it cannot accept."""

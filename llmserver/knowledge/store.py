@@ -15,11 +15,12 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from ..files import StaleState, remove_stale_temporaries, write_atomically
+from ..files import remove_stale_temporaries, write_atomically
 from ..protocol.errors import ServiceError
 from ..protocol.json_body import InvalidJson, parse_json
+from ..versioned import VersionedStorage, change_with_retries, newer_state
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _FIELDS = {"id", "title", "content", "tags", "enabled"}
@@ -48,7 +49,6 @@ class EditConflict(KnowledgeError):
 
 
 Listener = Callable[[list[dict[str, Any]], int], None]
-STALE_RETRIES = 5  # a change that keeps meeting newer shared state is refused (409) after this many tries
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,42 @@ class Snapshot:
     version: int
 
 
+class KnowledgeStorage(VersionedStorage[Snapshot], Protocol):
+    """Where the knowledge base is kept: knowledge.json (FileStorage), or Redis, shared by several processes
+    (llmserver/shared/knowledge_store.py), which also reads other processes' changes."""
+
+    def save(self, change: Change) -> None:
+        """Saves a change whole; a shared store raises StaleState when it holds a newer version."""
+
+    def fetch(self, ids: list[str]) -> Snapshot:
+        """Some documents, as another process's announced change names them (shared stores)."""
+        ...
+
+    def import_if_empty(self, documents: list[dict[str, Any]], version: int) -> bool:
+        """Fills an empty shared store; False when it was not empty."""
+        ...
+
+
 class FileStorage:
-    """The embedded default: knowledge.json, rewritten atomically on every change."""
+    """The embedded default: knowledge.json, rewritten atomically on every change. One process owns it, so it is
+    never behind: nothing to catch up with or fetch."""
 
     shared = False
 
     def __init__(self, path: str) -> None:
         self.path = path
+
+    def stored_version(self) -> int | None:
+        return None
+
+    def load(self, restore: Snapshot | None = None) -> Snapshot | None:
+        return None
+
+    def fetch(self, ids: list[str]) -> Snapshot:
+        raise NotImplementedError("knowledge.json is not shared")
+
+    def import_if_empty(self, documents: list[dict[str, Any]], version: int) -> bool:
+        raise NotImplementedError("knowledge.json is not shared")
 
     def save(self, change: Change) -> None:
         data = {"version": change.version, "documents": list(change.documents.values())}
@@ -127,7 +156,7 @@ class KnowledgeBase:
         self,
         path: str,
         *,
-        storage: Any = None,
+        storage: KnowledgeStorage | None = None,
         max_documents: int = 20000,
         max_document_chars: int = 100_000,
     ) -> None:
@@ -146,7 +175,9 @@ class KnowledgeBase:
     # Loading and saving -------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str, *, seed: str | None = None, storage: Any = None, **limits: int) -> KnowledgeBase:
+    def load(
+        cls, path: str, *, seed: str | None = None, storage: KnowledgeStorage | None = None, **limits: int
+    ) -> KnowledgeBase:
         """Reads `path`. A missing file starts as a copy of `seed` (the shipped knowledge base), or empty.
         Raises KnowledgeError for an invalid file.
 
@@ -219,18 +250,15 @@ class KnowledgeBase:
 
     def _change(self, make: Callable[[], tuple[dict[str, dict[str, Any]], list[str], list[str]]], everything=False):
         """Makes a change from the current state (`make` validates against it and returns the new documents, the
-        changed ids and the deleted ids). When another process changed the shared state first, re-reads it and
-        makes the change again from there: its checks (existence, conflicts) then see the other change."""
-        for _ in range(STALE_RETRIES):
-            with self._lock:
-                documents, changed, deleted = make()
-                try:
-                    self._save(documents, changed, deleted, everything)
-                    return
-                except StaleState:
-                    pass
-            self.refresh()
-        raise KnowledgeError("The knowledge base is being changed elsewhere right now; try again.", status=409)
+        changed ids and the deleted ids), made again from the newer state when another process changed the shared
+        state first (llmserver.versioned)."""
+
+        def commit_once() -> None:
+            documents, changed, deleted = make()
+            self._save(documents, changed, deleted, everything)
+
+        conflict = KnowledgeError("The knowledge base is being changed elsewhere right now; try again.", status=409)
+        change_with_retries(self._lock, commit_once, self.refresh, conflict)
 
     def _install(self, snapshot: Snapshot) -> None:
         self._documents = {d["id"]: d for d in snapshot.documents}
@@ -241,21 +269,16 @@ class KnowledgeBase:
     def refresh(self) -> bool:
         """Catches up with the shared store (when it changed, or lost its data and is re-filled from this copy).
         Returns whether anything changed here."""
-        if not self.storage.shared:
-            return False
-        stored = self.storage.stored_version()
-        if stored == self.version:
-            return False  # the usual case, every few seconds: one GET
-        mine = None
-        if stored is None:  # the store lost its data: this copy fills it again
-            with self._lock:
-                mine = Snapshot(list(self._documents.values()), dict(self._changed_at), self.version)
-        snapshot = self.storage.load(restore=mine)
+        snapshot = newer_state(self.storage, self.version, self._snapshot)
         with self._lock:
-            if snapshot.version == self.version:
+            if snapshot is None or snapshot.version == self.version:
                 return False
             self._install(snapshot)
             return True
+
+    def _snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(list(self._documents.values()), dict(self._changed_at), self.version)
 
     def apply_remote(self, version: int, changed: list[str], deleted: list[str]) -> None:
         """Another process's change, as it announced it: applied by reading just those documents when it is the
