@@ -190,12 +190,16 @@ async def serve(settings: Settings, announce: Callable[[list[str]], None] | None
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]  # the OS's choice when --port is 0
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
-    upstream = services.upstream
-    where = f" {upstream.base_url}" if upstream.base_url else ""
+    upstreams = services.upstreams
+    if len(upstreams.routes) > 1:
+        hedging = upstreams.status()["hedging"]
+        which = f"upstreams: {upstreams.names}; hedging {hedging}{' ms' if isinstance(hedging, float) else ''}"
+    else:
+        which = f"upstream: {upstreams.mode}{f' {upstreams.base_url}' if upstreams.base_url else ''}"
     shared = " shared through Redis" if services.shared is not None else ""
     admin_url = f"http://{shown_host}:{port}/admin"
     lines = [
-        f"Custom LLM Server listening on http://{shown_host}:{port} (upstream: {upstream.mode}{where}){shared}",
+        f"Custom LLM Server listening on http://{shown_host}:{port} ({which}){shared}",
         f"Admin dashboard: {admin_url} (token from ADMIN_TOKEN)"
         if settings.admin_token
         else f"Admin dashboard: {admin_url}?token={services.admin_token}",

@@ -108,11 +108,19 @@ def start_server(
 
 @contextlib.contextmanager
 def fake_upstream(
-    words: int = 20, first_chunk_delay: float = 0.0, chunk_delay: float = 0.0, call_tool: str | None = None
+    words: int = 20,
+    first_chunk_delay: float = 0.0,
+    chunk_delay: float = 0.0,
+    call_tool: str | None = None,
+    stall_every: int = 0,
+    stall_seconds: float = 0.0,
 ) -> Iterator[int]:
+    """`python -m fakes.upstream` (see its --help); yields its port."""
     pacing = ["--first-chunk-delay", str(first_chunk_delay), "--chunk-delay", str(chunk_delay)]
     if call_tool:
         pacing += ["--call-tool", call_tool]
+    if stall_every:
+        pacing += ["--stall-every", str(stall_every), "--stall-seconds", str(stall_seconds)]
     with tempfile.NamedTemporaryFile(prefix="bench-upstream-", suffix=".out") as out:
         process, port = start_module("fakes.upstream", ["--words", str(words), *pacing], out.name)
         try:

@@ -27,6 +27,7 @@ import tornado.web
 class Behaviour:
     status: int = 200  # an error status answers with OpenAI's error JSON
     error_message: str = "fake upstream failure"
+    retry_after: str | None = None  # the Retry-After header of an error answer
     header_delay: float = 0.0  # before the response headers
     first_chunk_delay: float = 0.0  # after the headers, before the first chunk
     chunk_delay: float = 0.0  # between chunks
@@ -44,6 +45,10 @@ class Behaviour:
     drop_connections: int = 0
     headers_then_close: int = 0  # this many next streams send their headers, then close without a chunk
     close_after_response: bool = False  # close every connection after its response, without saying so
+    # Every `stall_every`-th chat request (the 1st, the N+1st, ...) waits `stall_seconds` before its first chunk: a
+    # model's tail of multi-second stalls.
+    stall_every: int = 0
+    stall_seconds: float = 0.0
 
 
 # Faults `--faults` injects, one per chosen request: the knobs above, for that request only.
@@ -189,6 +194,8 @@ class _FakeHandler(tornado.web.RequestHandler):
     def _error(self, behaviour: Behaviour) -> None:
         self.set_status(behaviour.status)
         self.set_header("Content-Type", "application/json")
+        if behaviour.retry_after is not None:
+            self.set_header("Retry-After", behaviour.retry_after)
         error = {"message": behaviour.error_message, "type": "fake_error", "param": None, "code": "fake"}
         self.finish(json.dumps({"error": error}))
 
@@ -200,6 +207,8 @@ class ChatHandler(_FakeHandler):
         behaviour = self.request_behaviour = fake.behaviour_for(body)
         self.received = ReceivedRequest(self.request.path, dict(self.request.headers), body, time.perf_counter())
         fake.requests.append(self.received)
+        fake.chat_requests += 1
+        number = fake.chat_requests
         if behaviour.drop_connections:
             behaviour.drop_connections -= 1
             self.request.connection.stream.close()
@@ -247,6 +256,8 @@ class ChatHandler(_FakeHandler):
             await asyncio.Event().wait()
         if behaviour.first_chunk_delay:
             await asyncio.sleep(behaviour.first_chunk_delay)
+        if behaviour.stall_every and (number - 1) % behaviour.stall_every == 0:
+            await asyncio.sleep(behaviour.stall_seconds)
         if scripted is not None:
             deltas = scripted.deltas(len(fake.requests))
         elif behaviour.tool_call:
@@ -302,6 +313,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.behaviour = Behaviour()
         self.requests: list[ReceivedRequest] = []
+        self.chat_requests = 0  # counted even where `requests` keeps nothing (the benchmark's)
         self.script: list[ScriptedTurn] = []  # the next answers, one per chat request, before the words
         self.call_tool: str | None = None  # a tool every request calls before the words (the benchmark's two passes)
         app = tornado.web.Application(
@@ -364,6 +376,8 @@ async def _main() -> None:
     )
     parser.add_argument("--fault-seed", type=int, default=0, help="seeds the choice of faults")
     parser.add_argument("--call-tool", help="a tool each request calls first (answers follow its result)")
+    parser.add_argument("--stall-every", type=int, default=0, help="every Nth chat request stalls first")
+    parser.add_argument("--stall-seconds", type=float, default=0.0, help="how long such a request stalls")
     args = parser.parse_args()
     if not 0.0 <= args.faults <= 1.0:
         parser.error("--faults must be between 0 and 1")
@@ -378,6 +392,8 @@ async def _main() -> None:
     fake.behaviour.first_chunk_delay = args.first_chunk_delay
     fake.behaviour.chunk_delay = args.chunk_delay
     fake.call_tool = args.call_tool
+    fake.behaviour.stall_every = args.stall_every
+    fake.behaviour.stall_seconds = args.stall_seconds
     if args.port:
         fake.start(tornado.netutil.bind_sockets(args.port, "127.0.0.1")[0])
     else:

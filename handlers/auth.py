@@ -18,6 +18,7 @@ from llmserver.protocol.errors import ApiError
 
 if TYPE_CHECKING:
     from llmserver.settings import Settings
+    from llmserver.upstream.routing import Router
 
 COOKIE_NAME = "llm_admin"
 COOKIE_DAYS = 7
@@ -45,17 +46,17 @@ def check_api_keys(presented: str | None, accepted: Sequence[str]) -> None:
 
 
 def upstream_key(
-    request: tornado.httputil.HTTPServerRequest, settings: Settings, upstream_mode: str, required: bool = True
+    request: tornado.httputil.HTTPServerRequest, settings: Settings, upstreams: Router, required: bool = True
 ) -> str | None:
     """The key to send upstream on this request, after the API_KEYS check.
 
-    The server's own key wins (None is returned and the client uses it); else the caller's bearer token is
-    forwarded, unless it is one of the server's API_KEYS, which never leave the server.
+    An upstream's own key wins (the caller's is not sent to it); else the caller's bearer token is forwarded,
+    unless it is one of the server's API_KEYS, which never leave the server.
     """
     token = bearer_token(request)
     check_api_keys(token, settings.api_keys)
     forwarded = None if settings.api_keys else token
-    if required and upstream_mode == "openai" and not (settings.api_key or forwarded):
+    if required and not (upstreams.has_own_key or forwarded):
         raise ApiError(
             401,
             "No API key: send 'Authorization: Bearer <key>' or configure OPENAI_API_KEY on the server.",

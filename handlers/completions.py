@@ -101,7 +101,7 @@ class CompletionHandler(ApiHandler):
                 )
             request = self.request
             caller = Caller(
-                upstream_key(request, self.config, self.services.upstream.mode, self.endpoint.needs_upstream_key),
+                upstream_key(request, self.config, self.services.upstreams, self.endpoint.needs_upstream_key),
                 bearer_token(request),
                 request.headers.get("X-Conversation-Id"),
             )

@@ -14,15 +14,15 @@ class ModelsHandler(ApiHandler):
     """The upstream's model list, for the chat and RAG endpoints' base URLs."""
 
     async def get(self) -> None:
-        key = upstream_key(self.request, self.config, self.services.upstream.mode)
-        self.write_json(await self.services.upstream.list_models(key))
+        key = upstream_key(self.request, self.config, self.services.upstreams)
+        self.write_json(await self.services.upstreams.list_models(key))
 
 
 class AudioModelsHandler(ApiHandler):
     """The audio endpoint calls no upstream: it plays clips under whatever model name it is asked for."""
 
     def get(self) -> None:
-        upstream_key(self.request, self.config, self.services.upstream.mode, required=False)  # API_KEYS still apply
+        upstream_key(self.request, self.config, self.services.upstreams, required=False)  # API_KEYS still apply
         model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "custom-llm-server"}
         self.write_json({"object": "list", "data": [model]})
 
@@ -31,7 +31,7 @@ class HealthHandler(ApiHandler):
     """Alive: the process answers. Nothing else is checked (a load balancer's liveness probe)."""
 
     def get(self) -> None:
-        self.write_json({"status": "ok", "upstream": self.services.upstream.mode})
+        self.write_json({"status": "ok", "upstream": self.services.upstreams.mode})
 
     head = get  # Tornado sends GET's headers, Content-Length included, and no body
 

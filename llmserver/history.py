@@ -51,13 +51,13 @@ CREATE INDEX IF NOT EXISTS requests_by_outcome ON requests (outcome, started_at)
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     """What a page of history shows of a record (the whole record is one more request away)."""
     keys = ("key", "request_id", "instance", "started_at", "endpoint", "model", "status", "outcome", "first_chunk_ms",
-            "total_ms", "chunks", "last_user_message", "error", "passes")  # fmt: skip
+            "total_ms", "chunks", "last_user_message", "error", "passes", "upstream", "hedged")  # fmt: skip
     return {key: record.get(key) for key in keys}
 
 
 def _search_text(record: dict[str, Any]) -> str:
     parts = [record.get("last_user_message") or "", record.get("reply") or "", record.get("error") or ""]
-    parts += [record.get("request_id") or "", record.get("model") or ""]
+    parts += [record.get("request_id") or "", record.get("model") or "", record.get("upstream") or ""]
     return "\n".join(str(part) for part in parts).lower()
 
 

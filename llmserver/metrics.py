@@ -66,6 +66,7 @@ class Metrics:
             **registry,
         )
         self._cached: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self.upstreams = UpstreamMetrics(registry)
 
     def observe(self, record: dict[str, Any]) -> None:
         """A finished request's record, as the request log hands it on."""
@@ -118,3 +119,98 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(pid)
+
+
+# Failure codes the router's own errors carry; an upstream's own codes (unbounded text) are counted by HTTP status.
+ROUTING_CODES = frozenset(
+    {
+        "upstream_unreachable",
+        "upstream_timeout",
+        "first_token_deadline",
+        "upstream_error",
+        "upstream_stream_broken",
+        "upstream_stream_incomplete",
+        "upstream_bad_response",
+        "upstream_bad_chunk",
+    }
+)
+UPSTREAM_STATES = ("healthy", "probing", "skipped")
+
+
+class UpstreamMetrics:
+    """What the router reports of each upstream (llmserver.upstream.routing.RoutingObserver), labelled
+    `upstream="NAME"` with the operator's names (at most 32 of them)."""
+
+    def __init__(self, registry: dict[str, Any]) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        labels = ["upstream"]
+        self.first_chunk_seconds = Histogram(
+            "llm_upstream_first_chunk_seconds",
+            "Time from an upstream request to its first chunk (attempts that got one).",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            **registry,
+        )
+        self.attempts = Counter("llm_upstream_attempts_total", "Requests made to each upstream.", labels, **registry)
+        self.failures = Counter(
+            "llm_upstream_failures_total",
+            "Upstream requests that failed before their first chunk, by reason.",
+            ["upstream", "reason"],
+            **registry,
+        )
+        self.hedges = Counter(
+            "llm_upstream_hedges_total", "Hedged attempts started on each upstream.", labels, **registry
+        )
+        self.hedges_won = Counter(
+            "llm_upstream_hedges_won_total", "Hedged attempts whose first chunk came first.", labels, **registry
+        )
+        self.cancelled = Counter(
+            "llm_upstream_cancelled_total",
+            "Attempts cancelled before their first chunk (the loser of a hedged race, or the caller left).",
+            labels,
+            **registry,
+        )
+        self.state = Gauge(
+            "llm_upstream_state",
+            "1 for each upstream's present state (healthy, probing, skipped), 0 for the others.",
+            ["upstream", "state"],
+            multiprocess_mode="livemax",
+            **registry,
+        )
+
+        self._per_request: dict[str, tuple[Any, Any]] = {}  # the series every request updates, looked up once
+
+    def known(self, upstream: str) -> None:
+        """Makes an upstream's series exist from the start, healthy."""
+        self.state_changed(upstream, "healthy")
+
+    def _series(self, upstream: str) -> tuple[Any, Any]:
+        found = self._per_request.get(upstream)
+        if found is None:
+            found = self._per_request[upstream] = (
+                self.attempts.labels(upstream),
+                self.first_chunk_seconds.labels(upstream),
+            )
+        return found
+
+    def attempt_started(self, upstream: str, hedge: bool) -> None:
+        self._series(upstream)[0].inc()
+        if hedge:
+            self.hedges.labels(upstream).inc()
+
+    def first_chunk(self, upstream: str, seconds: float, hedge: bool) -> None:
+        self._series(upstream)[1].observe(seconds)
+
+    def attempt_failed(self, upstream: str, code: str, status: int) -> None:
+        self.failures.labels(upstream, code if code in ROUTING_CODES else f"http_{int(status)}").inc()
+
+    def attempt_cancelled(self, upstream: str) -> None:
+        self.cancelled.labels(upstream).inc()
+
+    def hedge_won(self, upstream: str) -> None:
+        self.hedges_won.labels(upstream).inc()
+
+    def state_changed(self, upstream: str, state: str) -> None:
+        for each in UPSTREAM_STATES:
+            self.state.labels(upstream, each).set(1 if each == state else 0)

@@ -95,6 +95,17 @@ class ToolCallDetails:
 
 
 @dataclass
+class AttemptDetails:
+    upstream: str
+    outcome: str  # won, failed, cancelled
+    ms: float  # from the attempt's start to its first chunk, failure or cancellation
+    code: str | None = None  # a failure's error code
+
+
+MAX_ATTEMPTS_KEPT = 16
+
+
+@dataclass
 class RequestRecord:
     request_id: str  # the client's own X-Request-Id when it sent one, so not unique: see `key`
     endpoint: str
@@ -112,7 +123,10 @@ class RequestRecord:
     first_chunk_ms: float | None = None  # the first chunk to the client (on /rag: the waiting message)
     upstream_called_ms: float | None = None  # when the upstream call began
     upstream_first_chunk_ms: float | None = None  # when the upstream's first chunk was relayed
-    upstream_attempts: int = 0  # more than 1 when a failure before the first chunk was retried
+    upstream_attempts: int = 0  # more than 1 when a failure before the first chunk was retried, moved or hedged
+    upstream: str | None = None  # the name of the upstream that answered
+    hedged: bool = False  # a second upstream was asked too, because the first was slow to its first chunk
+    attempts: list[AttemptDetails] = field(default_factory=list)  # each upstream request, in the order they ended
     total_ms: float | None = None
     chunks: int = 0
     error: str | None = None
@@ -141,12 +155,18 @@ class RequestRecord:
         if self.upstream_called_ms is None:
             self.upstream_called_ms = self.elapsed_ms()
 
-    def attempted(self) -> None:
+    def attempted(self, upstream: str) -> None:
         self.upstream_attempts += 1
 
-    def upstream_answered(self) -> None:
+    def attempt_ended(self, upstream: str, outcome: str, ms: float, code: str | None) -> None:
+        if len(self.attempts) < MAX_ATTEMPTS_KEPT:
+            self.attempts.append(AttemptDetails(upstream, outcome, round(ms, 3), bounded_value(code)))
+
+    def upstream_answered(self, upstream: str, hedged: bool) -> None:
         if self.upstream_first_chunk_ms is None:
             self.upstream_first_chunk_ms = self.elapsed_ms()
+            self.upstream = upstream
+        self.hedged = self.hedged or hedged
 
     def said(self, text: str) -> None:
         self.add_reply(text)
@@ -204,6 +224,7 @@ class RequestRecord:
             if data[name] is not None:
                 data[name] = asdict(data[name])
         data["tool_calls"] = [asdict(call) for call in self.tool_calls]
+        data["attempts"] = [asdict(attempt) for attempt in self.attempts]
         data["pass_gaps_ms"] = list(self.pass_gaps_ms)
         return data
 
@@ -226,8 +247,11 @@ def describe(record: dict[str, Any]) -> str:
     ]
     if record["turn_id"] is not None:
         parts.append(f"turn_id={record['turn_id']}")
-    if record["upstream_attempts"] > 1:
-        parts.append(f"attempts={record['upstream_attempts']}")
+    if record["upstream_attempts"] > 1 or record.get("hedged"):
+        tried = ",".join(f"{a['upstream']}:{a['outcome']}:{a['ms']}" for a in record.get("attempts") or ())
+        parts.append(f"attempts={record['upstream_attempts']}{' hedged' if record.get('hedged') else ''} {tried}")
+    if record.get("upstream"):
+        parts.append(f"upstream={record['upstream']}")
     retrieval = record["retrieval"]
     if retrieval is not None:
         hits = ",".join(f"{hit['id']}:{hit['score']}" for hit in retrieval["hits"]) or "none"

@@ -43,6 +43,8 @@ from .upstream.offline import OfflineResponder
 from .upstream.openai_upstream import OpenAIUpstream
 from .upstream.protocol import Upstream
 from .upstream.relay import Relay, RelayPolicy
+from .upstream.routing import HealthPolicy, HedgePolicy, Route, Router, RoutingObserver
+from .upstream.upstreams_file import UpstreamConfig, UpstreamsFileError, load_upstreams_file
 
 # The shipped defaults a new data directory starts from: tracked files, only ever read.
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +63,7 @@ class StartupError(Exception):
 @dataclass
 class Services:
     settings: Settings
-    upstream: Upstream
+    upstreams: Router
     completions: CompletionService
     request_log: RequestLog
     knowledge_base: KnowledgeBase
@@ -146,7 +148,7 @@ class Services:
     async def aclose(self) -> None:
         if self.shared is not None:
             await self.shared.aclose()
-        await self.upstream.aclose()
+        await self.upstreams.aclose()
         await self.tools.aclose()
         self.history.close()
         if self.retriever.embedder is not None:
@@ -155,10 +157,40 @@ class Services:
             self.retriever.cache.close()
 
 
-def build_upstream(settings: Settings) -> Upstream:
-    if settings.upstream == "openai":
-        return OpenAIUpstream(settings)
-    return OfflineResponder(word_delay=settings.offline_word_delay)
+def upstream_configs(settings: Settings) -> tuple[UpstreamConfig, ...]:
+    """The upstreams, in order: UPSTREAMS_FILE's, else OPENAI_BASE_URL/OPENAI_API_KEY as one, else offline."""
+    if settings.upstream == "offline":
+        return (UpstreamConfig("offline", None),)
+    if settings.upstreams_file:
+        try:
+            return load_upstreams_file(settings.upstreams_file)
+        except UpstreamsFileError as exc:
+            raise StartupError(f"invalid upstreams file, not starting: {exc}") from None
+    return (UpstreamConfig("default", settings.base_url or "https://api.openai.com/v1", settings.api_key),)
+
+
+def build_upstream(config: UpstreamConfig, settings: Settings) -> Upstream:
+    if config.base_url is None:
+        return OfflineResponder(word_delay=settings.offline_word_delay)
+    return OpenAIUpstream(
+        config,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_streams=settings.max_streams,
+    )
+
+
+def build_router(settings: Settings, observer: RoutingObserver) -> Router:
+    """Every caller of the upstream goes through this one router: streams, the tool loop's passes, `stream: false`
+    and the model list."""
+    health = HealthPolicy(settings.upstream_skip_after, settings.upstream_skip_seconds)
+    routes = [
+        Route(config, build_upstream(config, settings), health, observer) for config in upstream_configs(settings)
+    ]
+    after = settings.hedge_after_ms
+    hedge_after = None if after == "off" else ("auto" if after == "auto" else float(after) / 1000)
+    hedge = HedgePolicy(hedge_after, settings.hedge_budget)
+    return Router(routes, retries=settings.upstream_retries, hedge=hedge, observer=observer)
 
 
 def load_knowledge_base(settings: Settings, shared: SharedDeployment | None = None) -> KnowledgeBase:
@@ -335,13 +367,15 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
         shared.share(
             knowledge_base, audio_library, memory, tools, request_log, metrics.dropped.labels("shared_log").inc
         )
-    upstream = build_upstream(settings)
+    upstreams = build_router(settings, metrics.upstreams)
+    for route in upstreams.routes:
+        metrics.upstreams.known(route.name)
     return Services(
         admin_token=kept.admin_token,
         cookie_secret=kept.cookie_secret,
         settings=settings,
-        upstream=upstream,
-        completions=build_completions(settings, upstream, retriever, tools, memory, audio_library, request_log),
+        upstreams=upstreams,
+        completions=build_completions(settings, upstreams, retriever, tools, memory, audio_library, request_log),
         request_log=request_log,
         metrics=metrics,
         history=history,
@@ -356,7 +390,7 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
 
 def build_completions(
     settings: Settings,
-    upstream: Upstream,
+    upstreams: Router,
     retriever: Retriever,
     tools: ToolRegistry,
     memory: ConversationMemory,
@@ -364,13 +398,12 @@ def build_completions(
     request_log: RequestLog,
 ) -> CompletionService:
     policy = RelayPolicy(
-        retries=settings.upstream_retries,
         first_token_timeout=settings.first_token_timeout,
         completion_timeout=settings.completion_timeout,
         keepalive_seconds=settings.keepalive_seconds,
     )
     return CompletionService(
-        Relay(upstream, policy),
+        Relay(upstreams, policy),
         ClipResponder(audio_library, settings.audio_pace),
         conversation=ConversationStage(memory),
         waiting_message=WaitingMessageStage(settings.waiting_messages) if settings.rag_waiting_message else None,

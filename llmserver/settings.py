@@ -106,6 +106,20 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
+def _hedge(value: str) -> str:
+    """off, auto, or a delay in milliseconds."""
+    lowered = value.strip().lower()
+    if lowered in ("off", "auto"):
+        return lowered
+    try:
+        number = float(lowered)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or number > 600_000:
+        raise argparse.ArgumentTypeError(f"expected off, auto or a delay in milliseconds (0 to 600000), got {value!r}")
+    return lowered
+
+
 def _workers(value: str) -> int:
     if value.strip().lower() == "auto":
         return max(1, os.cpu_count() or 1)
@@ -193,6 +207,33 @@ class Settings:
     base_url: str | None = setting(None, "OpenAI-compatible base URL", env=("OPENAI_BASE_URL", "LLM_BASE_URL"))
     api_key: str | None = setting(
         None, "the server's upstream key", env=("OPENAI_API_KEY", "LLM_API_KEY"), flag=None, secret=True
+    )
+    upstreams_file: str | None = setting(
+        None,
+        "several upstreams, in order of preference (JSON; see README): fallback, hedging, health",
+        env="UPSTREAMS_FILE",
+    )
+    hedge_after_ms: str = setting(
+        "off",
+        "with several upstreams: start the request on the next one too when the first has sent no token after this "
+        "many milliseconds (the first token wins), auto (learned per upstream), or off",
+        env="HEDGE_AFTER_MS",
+        parse=_hedge,
+    )
+    hedge_budget: float = setting(
+        0.1,
+        "the most extra upstream requests hedging may add, as a share of requests (0.1: one in ten)",
+        env="HEDGE_BUDGET",
+        parse=_number(float, 0, 1),
+    )
+    upstream_skip_after: int = setting(
+        3, "failures in a row after which an upstream is skipped for a while", env="UPSTREAM_SKIP_AFTER", parse=_COUNT
+    )
+    upstream_skip_seconds: float = setting(
+        10.0,
+        "seconds a failing upstream is skipped before one request probes it (doubling while it fails, up to 120)",
+        env="UPSTREAM_SKIP_SECONDS",
+        parse=_SECONDS,
     )
     model: str = setting("gpt-4o-mini", "model used when a request names none", env="LLM_MODEL")
     api_keys: tuple[str, ...] = setting(
@@ -341,8 +382,9 @@ class Settings:
         return self.audio_dir or os.path.join(self.data_dir, "audio")
 
     def __post_init__(self) -> None:
-        if self.upstream is None:  # a key or a base URL means a real upstream
-            object.__setattr__(self, "upstream", "openai" if (self.api_key or self.base_url) else "offline")
+        if self.upstream is None:  # a key, a base URL or an upstreams file means a real upstream
+            real = self.api_key or self.base_url or self.upstreams_file
+            object.__setattr__(self, "upstream", "openai" if real else "offline")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -222,6 +222,19 @@ async def test_an_invalid_tools_file_stops_the_start_naming_the_problem(tmp_path
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_an_upstreams_file_with_a_problem_stops_the_start_naming_the_file_and_the_problem(tmp_path, io_loop):
+    upstreams = tmp_path / "upstreams.json"
+    twice = {"name": "primary", "base_url": "http://127.0.0.1:9/v1"}
+    upstreams.write_text(json.dumps({"upstreams": [twice, twice]}))
+    returncode, _, stderr = await run_until_exit(
+        "--port", "0", "--data-dir", str(tmp_path / "data"), "--upstreams-file", str(upstreams)
+    )
+    message = stderr.decode()
+    assert returncode == 2 and "invalid upstreams file" in message and str(upstreams) in message
+    assert "'primary'" in message and "Traceback" not in message
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_the_history_and_the_admin_sign_in_survive_a_restart(tmp_path, io_loop):
     """Without Redis and without ADMIN_TOKEN: the token is made once and kept (mode 600), the history on disk."""
     async with running_server(tmp_path) as (process, url, _):

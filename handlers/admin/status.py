@@ -11,7 +11,11 @@ class StatusHandler(AdminApiHandler):
         log = services.request_log
         self.write_json(
             {
-                "upstream": {"mode": services.upstream.mode, "base_url": services.upstream.base_url},
+                "upstream": {
+                    "mode": services.upstreams.mode,
+                    "base_url": services.upstreams.base_url,
+                    **services.upstreams.status(),
+                },
                 "uptime_seconds": round(services.uptime(), 1),
                 "in_flight": log.in_flight,
                 "instance": log.instance,

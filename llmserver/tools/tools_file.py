@@ -5,17 +5,16 @@ secrets stay out of the file."""
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
 
-from ..protocol.errors import ServiceError
-from ..protocol.json_body import InvalidJson, parse_json
+from ..operator_files import OperatorFileError, check_schema, read_json_file
+from ..operator_files import expand as expand_variables
+from ..operator_files import expand_all as expand_all_variables
 
 TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 FILE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -61,7 +60,7 @@ FILE_SCHEMA: dict[str, Any] = {
 DEFAULT_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
-class ToolsFileError(ServiceError):
+class ToolsFileError(OperatorFileError):
     pass
 
 
@@ -94,39 +93,22 @@ class ToolsConfig:
 
 
 def _expand(text: str, where: str) -> str:
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise ToolsFileError(f"{where} uses ${{{name}}}, which is not set in the server's environment.")
-        return os.environ[name]
-
-    return _VARIABLE.sub(value, text)
+    return expand_variables(text, where, ToolsFileError)
 
 
 def _expand_all(values: dict[str, str], where: str) -> dict[str, str]:
-    return {key: _expand(text, f"{where} ({key})") for key, text in values.items()}
+    return expand_all_variables(values, where, ToolsFileError)
 
 
 def load_tools_file(path: str | None) -> ToolsConfig:
     """The tools file's contents; no file is no tools. Raises ToolsFileError naming the file and the problem."""
     if not path or not os.path.exists(path):
         return ToolsConfig()
-    try:
-        with open(path, "rb") as handle:
-            data = parse_json(handle.read(), what=path)
-    except OSError as exc:
-        raise ToolsFileError(f"{path}: cannot be read ({exc.strerror}).") from None
-    except InvalidJson as exc:
-        raise ToolsFileError(str(exc)) from None
-    return parse_tools(data, path)
+    return parse_tools(read_json_file(path, FILE_SCHEMA, ToolsFileError), path)
 
 
 def parse_tools(data: Any, where: str) -> ToolsConfig:
-    try:
-        jsonschema.validate(data, FILE_SCHEMA)
-    except jsonschema.ValidationError as exc:
-        path = "/".join(str(part) for part in exc.absolute_path) or "the top level"
-        raise ToolsFileError(f"{where}: at {path}: {exc.message}") from None
+    check_schema(data, FILE_SCHEMA, where, ToolsFileError)
     webhooks = []
     for entry in data.get("tools", []):
         parameters = entry.get("parameters", DEFAULT_PARAMETERS)

@@ -149,6 +149,7 @@ def _chunk(data: dict[str, Any]) -> UpstreamChunk:
 class OfflineResponder:
     mode = "offline"
     base_url = None
+    has_own_key = True  # it needs none
 
     def __init__(self, word_delay: float = 0.0) -> None:
         self.word_delay = word_delay

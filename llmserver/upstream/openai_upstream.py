@@ -23,8 +23,8 @@ import openai
 from ..protocol.chat_request import include_usage
 from ..protocol.chunks import completion_as_chunks
 from ..protocol.sse import SSELineReader, dumps
-from ..settings import Settings
 from .protocol import UpstreamChunk, UpstreamError
+from .upstreams_file import UpstreamConfig
 
 logger = logging.getLogger("llmserver.upstream")
 # aiohttp warns of every request body over 1 MB; the server relays bodies up to MAX_BODY_BYTES as they come, and a
@@ -200,30 +200,34 @@ def redact_url(url: str) -> str:
 class OpenAIUpstream:
     mode = "openai"
 
-    def __init__(self, settings: Settings) -> None:
-        base_url = settings.base_url or "https://api.openai.com/v1"
+    def __init__(
+        self, config: UpstreamConfig, *, connect_timeout: float, read_timeout: float, max_streams: int
+    ) -> None:
+        """`config`'s own timeouts and stream limit win over the server's (the other arguments)."""
+        base_url = config.base_url or "https://api.openai.com/v1"
         self.base_url = redact_url(base_url)  # what is shown; the client keeps any credentials in the URL
-        self._has_own_key = bool(settings.api_key)
+        self.has_own_key = bool(config.api_key)
         self._draining: set[asyncio.Task] = set()
+        max_streams = config.max_streams or max_streams
         self._client = openai.AsyncOpenAI(
             # Without a key of its own the server forwards the caller's key on each request (see _options).
-            api_key=settings.api_key or "forwarded-per-request",
+            api_key=config.api_key or "forwarded-per-request",
             base_url=base_url,
-            max_retries=0,  # the relay retries (it knows when the client has seen nothing yet)
-            timeout=httpx2.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            default_headers=config.headers or None,
+            max_retries=0,  # the router retries (it knows when the client has seen nothing yet)
+            timeout=httpx2.Timeout(
+                config.read_timeout or read_timeout, connect=config.connect_timeout or connect_timeout
+            ),
             # aiohttp as the transport: measured several times faster per request than the default under load
             # (httpcore checks every pooled connection with a syscall on each request). Its pool is sized for the
             # streams a process may serve (MAX_STREAMS), so none waits silently for a connection.
             http_client=openai.DefaultAioHttpClient(
-                limits=httpx2.Limits(
-                    max_connections=settings.max_streams + 50,
-                    max_keepalive_connections=min(settings.max_streams, 500),
-                )
+                limits=httpx2.Limits(max_connections=max_streams + 50, max_keepalive_connections=min(max_streams, 500))
             ),
         )
 
     def _options(self, api_key: str | None) -> dict[str, Any]:
-        if not self._has_own_key and api_key:
+        if not self.has_own_key and api_key:
             return {"headers": {"Authorization": f"Bearer {api_key}"}}
         return {}
 

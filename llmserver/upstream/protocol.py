@@ -52,6 +52,7 @@ class UpstreamError(ApiError):
 class Upstream(Protocol):
     mode: str  # "openai" or "offline"
     base_url: str | None  # shown to operators, without credentials
+    has_own_key: bool  # False: it is called with the caller's key
 
     def stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[UpstreamChunk]:
         """The chunks of a streamed completion, up to (not including) [DONE]."""

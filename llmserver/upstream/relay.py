@@ -1,10 +1,9 @@
-"""The relay: one completion from the upstream to the client, with the retries, deadlines and keep-alives that
-make it safe for voice, and the tool loop's passes.
+"""The relay: one completion from the upstream to the client, with the deadlines and keep-alives that make it safe
+for voice, and the tool loop's passes.
 
-- Retries happen only while nothing of the upstream's answer has reached the client (the RAG endpoint's waiting
-  message is the server's own, so it does not count): a failure before the first chunk is safe to send again.
-  A connection that closed before any of the answer came back (a kept-alive connection the upstream or a proxy
-  had closed) is retried at once on another connection, even with UPSTREAM_RETRIES=0; other failures back off.
+- Which upstream answers, and the retries, fallback and hedging before its first chunk, are the router's
+  (routing.py): a failure before the first chunk is safe to send again, since nothing of the answer has reached the
+  client (the RAG endpoint's waiting message is the server's own).
 - Deadlines: a stream must bring its first chunk within `first_token_timeout` (every attempt included); a
   non-streaming completion must be complete within `completion_timeout`.
 - While a started response waits for the model, SSE comments keep the connection alive.
@@ -18,8 +17,7 @@ What happens is reported to a RelayTrace (trace.py); what reaches the caller goe
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -27,13 +25,12 @@ from ..protocol.chat_request import include_usage
 from ..protocol.chunks import ChunkFactory
 from ..protocol.errors import ApiError
 from .collector import CompletionCollector
-from .protocol import Upstream, UpstreamChunk, UpstreamError
+from .protocol import UpstreamChunk, UpstreamError
+from .routing import Opened, Router
 from .tool_loop import PassCalls, ToolUse, add_usage, exchange_messages, pass_separator
 from .trace import RelayTrace
 
 T = TypeVar("T")
-DROPPED_CONNECTION_RETRIES = 3  # immediate: a pool can hold several connections the peer has closed
-MAX_BACKOFF = 8.0
 
 
 class ChunkSink(Protocol):
@@ -51,17 +48,9 @@ class ChunkSink(Protocol):
 
 @dataclass(frozen=True)
 class RelayPolicy:
-    retries: int = 2
     first_token_timeout: float = 30.0
     completion_timeout: float = 120.0
     keepalive_seconds: float = 5.0
-
-
-def backoff(attempt: int, retry_after: float | None) -> float:
-    """Seconds before attempt number `attempt` (1 for the first retry): the upstream's wish, else exponential."""
-    if retry_after is not None:
-        return min(retry_after, MAX_BACKOFF * 4)
-    return min(MAX_BACKOFF, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.0)
 
 
 def content_of(data: dict[str, Any]) -> str | None:
@@ -76,28 +65,9 @@ def content_of(data: dict[str, Any]) -> str | None:
     return None
 
 
-class RetryBudget:
-    """The retries one request may still make."""
-
-    def __init__(self, retries: int) -> None:
-        self.retries = retries
-        self.used = 0
-        self.dropped_retries = DROPPED_CONNECTION_RETRIES
-
-    def delay_before_retry(self, error: UpstreamError) -> float:
-        """Seconds to wait before sending the request again; re-raises `error` when it may not be retried."""
-        if error.dropped and self.dropped_retries:
-            self.dropped_retries -= 1
-            return 0.0
-        if not error.retryable or self.used >= self.retries:
-            raise error
-        self.used += 1
-        return backoff(self.used, error.retry_after)
-
-
 class Relay:
-    def __init__(self, upstream: Upstream, policy: RelayPolicy) -> None:
-        self.upstream = upstream
+    def __init__(self, router: Router, policy: RelayPolicy) -> None:
+        self.router = router
         self.policy = policy
 
     async def stream(
@@ -113,18 +83,21 @@ class Relay:
         if tools is not None:
             await self._passes(body, api_key, sink, trace, tools)
             return
-        chunks, first = await self._open(body, api_key, sink, trace)
+        opened = await self._open(body, api_key, sink, trace)
         try:
+            first = opened.first
             if first is not None:
-                trace.upstream_answered()
                 await sink.send_chunk(first.data, first.raw)
                 _say(trace, first.data)
-                async for chunk in chunks:
+                async for chunk in opened.chunks:
                     await sink.send_chunk(chunk.data, chunk.raw)
                     _say(trace, chunk.data)
             await sink.done()
+        except UpstreamError as error:
+            opened.broke(error)
+            raise
         finally:
-            await chunks.aclose()
+            await opened.aclose()
 
     async def complete(
         self, body: dict[str, Any], api_key: str | None, trace: RelayTrace, tools: ToolUse | None = None
@@ -148,48 +121,20 @@ class Relay:
 
     # One upstream request ---------------------------------------------------------------------------------------
 
-    async def _open(
-        self, body: dict[str, Any], api_key: str | None, sink: ChunkSink, trace: RelayTrace
-    ) -> tuple[AsyncIterator[UpstreamChunk], UpstreamChunk | None]:
-        """The stream and its first chunk, within the first-token deadline."""
+    async def _open(self, body: dict[str, Any], api_key: str | None, sink: ChunkSink, trace: RelayTrace) -> Opened:
+        """The stream and its first chunk, from whichever upstream the router gets it (every attempt within the
+        first-token deadline); keep-alive comments meanwhile once the response has begun."""
         timeout = self.policy.first_token_timeout
         try:
             async with asyncio.timeout(timeout):
-                return await self._first_chunk(body, api_key, sink, trace)
+                return await self._keep_alive(sink, self.router.open_stream(body, api_key, trace))
         except TimeoutError:
             raise ApiError(
                 504, f"The upstream LLM sent no token within {timeout:g} s.", code="first_token_timeout"
             ) from None
 
-    async def _first_chunk(
-        self, body: dict[str, Any], api_key: str | None, sink: ChunkSink, trace: RelayTrace
-    ) -> tuple[AsyncIterator[UpstreamChunk], UpstreamChunk | None]:
-        """Opens the stream and waits for its first chunk, retrying what may be retried."""
-        budget = RetryBudget(self.policy.retries)
-        while True:
-            trace.attempted()
-            chunks = self.upstream.stream(body, api_key)
-            try:
-                return chunks, await self._keep_alive(sink, anext(chunks))
-            except StopAsyncIteration:
-                return chunks, None
-            except UpstreamError as error:
-                await chunks.aclose()
-                delay = budget.delay_before_retry(error)
-            if delay:
-                await self._keep_alive(sink, asyncio.sleep(delay))
-
     async def _complete_once(self, body: dict[str, Any], api_key: str | None, trace: RelayTrace) -> dict[str, Any]:
-        budget = RetryBudget(self.policy.retries)
-        while True:
-            trace.attempted()
-            try:
-                completion = await self.upstream.complete(body, api_key)
-                break
-            except UpstreamError as error:
-                delay = budget.delay_before_retry(error)
-            await asyncio.sleep(delay)
-        trace.upstream_answered()
+        completion = await self.router.complete(body, api_key, trace)
         message = (completion.get("choices") or [{}])[0].get("message")
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             trace.said(message["content"])
@@ -229,17 +174,18 @@ class Relay:
         while True:
             number = trace.pass_began()
             last = number >= tools.max_passes
-            chunks, first = await self._open(tools.body_for_pass(body, messages, last), api_key, sink, trace)
-            if first is not None:
-                trace.upstream_answered()
+            opened = await self._open(tools.body_for_pass(body, messages, last), api_key, sink, trace)
             calls = tools.pass_calls(body)
             try:
-                chunk = first
+                chunk = opened.first
                 while chunk is not None:
                     await answer.relay(chunk, calls, number, sink, trace)
-                    chunk = await anext(chunks, None)
+                    chunk = await anext(opened.chunks, None)
+            except UpstreamError as error:
+                opened.broke(error)
+                raise
             finally:
-                await chunks.aclose()
+                await opened.aclose()
             exchange = await self._run_server_calls(tools, calls, last, sink, trace, number)
             if exchange is None:
                 break

@@ -16,11 +16,17 @@ class RelayTrace(Protocol):
     def upstream_called(self) -> None:
         """The first upstream request of the answer is about to be made."""
 
-    def attempted(self) -> None:
-        """An upstream request was made (more than one when a failure before the first chunk was retried)."""
+    def attempted(self, upstream: str) -> None:
+        """A request was made to the upstream of that name (more than one when a failure before the first chunk
+        was retried, or moved to another upstream, or hedged)."""
 
-    def upstream_answered(self) -> None:
-        """The upstream's first chunk (or completion) arrived."""
+    def attempt_ended(self, upstream: str, outcome: str, ms: float, code: str | None) -> None:
+        """An attempt ended: "won" (its first chunk or completion came first), "failed" (with the error's code) or
+        "cancelled" (it lost a hedged race, or the caller left); `ms` from its start."""
+
+    def upstream_answered(self, upstream: str, hedged: bool) -> None:
+        """The first chunk (or completion) arrived, from that upstream; `hedged`: a second attempt had been
+        started."""
 
     def sent(self, chunks: int = 1) -> None:
         """Chunks reached the caller's connection."""

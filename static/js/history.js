@@ -170,7 +170,10 @@ function renderRecord(record) {
     ["Upstream called", ms(record.upstream_called_ms)],
     ["Upstream's first chunk", ms(record.upstream_first_chunk_ms)],
     ["Total", ms(record.total_ms)],
-    ["Upstream attempts", record.upstream_attempts > 1 ? record.upstream_attempts : ""],
+    ["Upstream", record.upstream ? `${record.upstream}${record.hedged ? " (hedged)" : ""}` : ""],
+    ["Upstream attempts", record.upstream_attempts > 1 || record.hedged
+      ? (record.attempts || []).map((a) => `${a.upstream} ${a.outcome}${a.code ? ` (${a.code})` : ""} ${ms(a.ms)}`).join(" · ")
+      : ""],
     ["Between passes", (record.pass_gaps_ms || []).map(ms).join(", ")],
     ["Chunks", record.chunks],
   ])));

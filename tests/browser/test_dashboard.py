@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -475,3 +476,35 @@ def test_with_log_user_text_none_the_history_says_why_the_messages_are_missing(b
         expect(page.locator("#history-detail-body [data-part=reply]")).to_contain_text("LOG_USER_TEXT was none")
         expect(page.locator("#history-detail-body")).not_to_contain_text("A question the log must not keep")
     context.close()
+
+
+def test_the_header_shows_each_upstreams_health_and_the_history_which_one_answered(browser: Browser, tmp_path):
+    """Two upstreams, the first refusing connections: after one request it is skipped (UPSTREAM_SKIP_AFTER=1), the
+    header says so, and the History tab shows that the second answered after the first failed."""
+    with contextlib.closing(socket.socket()) as refusing, processes.fake_upstream(words=5) as port:
+        refusing.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        upstreams = tmp_path / "upstreams.json"
+        upstreams.write_text(json.dumps({"upstreams": [
+            {"name": "primary", "base_url": f"http://127.0.0.1:{refusing.getsockname()[1]}/v1", "api_key": "sk-a"},
+            {"name": "backup", "base_url": f"http://127.0.0.1:{port}/v1", "api_key": "sk-b"},
+        ]}))  # fmt: skip
+        settings = {"UPSTREAMS_FILE": str(upstreams), "UPSTREAM_SKIP_AFTER": "1", "HEDGE_AFTER_MS": "auto"}
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        with server_process(tmp_path, settings=settings) as url:
+            page.goto(f"{url}/admin?token={ADMIN_TOKEN}")
+            expect(page.locator("#status-upstream-label")).to_have_text("Upstreams")
+            expect(page.locator("#status-upstream [data-upstream=primary]")).to_have_text("primary · healthy")
+            question = [{"role": "user", "content": "Which upstream answers?"}]
+            assert post_chat(url, question, "req_routed") == 200
+            primary = page.locator("#status-upstream [data-upstream=primary]")
+            expect(primary).to_contain_text("primary · skipped")
+            expect(primary).to_have_class("upstream error")
+            expect(page.locator("#status-upstream [data-upstream=backup]")).to_have_text("backup · healthy")
+            expect(page.locator("#status-upstream .hedging")).to_have_text("hedging auto")
+            page.screenshot(path=str(ARTIFACTS / "upstreams.png"))
+            open_in_history(page, "req_routed")
+            timings = page.locator("#history-detail-body")
+            expect(timings).to_contain_text("backup")
+            expect(timings).to_contain_text("primary failed (upstream_unreachable)")
+        context.close()

@@ -324,6 +324,9 @@ async def test_status_shows_the_upstream_but_never_its_key(http_server, base_url
     await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
     response = await bearer(base_url, services.admin_token).fetch("GET", "/admin/api/status")
     status = json.loads(response.body)
-    assert status["upstream"] == {"mode": "openai", "base_url": settings.base_url}
+    upstream = status["upstream"]
+    assert upstream["mode"] == "openai" and upstream["base_url"] == settings.base_url
+    assert upstream["hedging"] == "off" and [u["name"] for u in upstream["upstreams"]] == ["default"]
+    assert upstream["upstreams"][0]["state"] == "healthy" and upstream["upstreams"][0]["first_chunk_p50_ms"] is None
     assert status["totals"]["ok"] == 1 and status["in_flight"] == 0 and status["uptime_seconds"] >= 0
     assert settings.api_key not in response.body.decode()

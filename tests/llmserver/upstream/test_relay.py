@@ -12,9 +12,10 @@ import pytest
 from fakes.upstream import ScriptedTurn
 from llmserver.protocol.errors import ApiError
 from llmserver.request_log import RequestLog
+from llmserver.services import build_upstream, upstream_configs
 from llmserver.tools.registry import Tool, ToolRegistry
-from llmserver.upstream.openai_upstream import OpenAIUpstream
 from llmserver.upstream.relay import Relay, RelayPolicy
+from llmserver.upstream.routing import Router
 from llmserver.upstream.tool_loop import ToolUse
 from tests.client import eventually
 from tests.sinks import RecordingSink
@@ -50,8 +51,12 @@ class ClockTools:
 @pytest.fixture
 def relay(io_loop, settings):
     """Makes a relay with a policy of the test's, over the real upstream client (closed afterwards)."""
-    upstream = OpenAIUpstream(settings)
-    yield lambda **policy: Relay(upstream, RelayPolicy(**{"retries": 0, **policy}))
+    upstream = build_upstream(upstream_configs(settings)[0], settings)
+
+    def make(retries: int = 0, **policy) -> Relay:
+        return Relay(Router.single(upstream, retries=retries), RelayPolicy(**policy))
+
+    yield make
     io_loop.run_sync(upstream.aclose)
 
 
