@@ -158,6 +158,56 @@ class ScriptedTurn:
         return message
 
 
+# The request fields OpenAI's Chat Completions accepts; in strict mode anything else is refused, as OpenAI does.
+OPENAI_FIELDS = frozenset(
+    """audio frequency_penalty function_call functions logit_bias logprobs max_completion_tokens max_tokens messages
+    metadata modalities model n parallel_tool_calls prediction presence_penalty prompt_cache_key reasoning_effort
+    response_format safety_identifier seed service_tier stop store stream stream_options temperature tool_choice
+    tools top_logprobs top_p user verbosity web_search_options""".split()
+)
+
+
+def openai_refusal(body: dict[str, Any]) -> str | None:
+    """What OpenAI answers 400 to in a request (the checks its API makes on a conversation), or None."""
+    for name in body:
+        if name not in OPENAI_FIELDS:
+            return f"Unrecognized request argument supplied: {name}"
+    messages = body.get("messages") or []
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role == "assistant":
+            calls = message.get("tool_calls") or []
+            content = message.get("content")
+            if not calls and not message.get("audio") and not (content if isinstance(content, (str, list)) else None):
+                return f"Invalid value for 'content': expected a string, got null. ('messages.[{index}].content')"
+            answered = set()
+            for following in messages[index + 1 :]:
+                if following.get("role") != "tool":
+                    break
+                answered.add(following.get("tool_call_id"))
+            if any(call.get("id") not in answered for call in calls):
+                return (
+                    "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+                    "'tool_call_id'. The following tool_call_ids did not have response messages: "
+                    + ", ".join(call.get("id") for call in calls if call.get("id") not in answered)
+                )
+        if role == "tool":
+            earlier = messages[:index]
+            called = {
+                call.get("id")
+                for previous in earlier
+                if previous.get("role") == "assistant"
+                for call in previous.get("tool_calls") or []
+            }
+            preceded = earlier and earlier[-1].get("role") in ("assistant", "tool")
+            if message.get("tool_call_id") not in called or not preceded:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with "
+                    "'tool_calls'."
+                )
+    return None
+
+
 def _tool_call_deltas() -> list[dict]:
     arguments = ['{"city"', ': "Par', 'is"}']
     first = {"index": 0, "id": "call_fake1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
@@ -216,6 +266,10 @@ class ChatHandler(_FakeHandler):
         await self._before_headers(behaviour)
         if behaviour.status != 200:
             return self._error(behaviour)
+        refusal = openai_refusal(body) if fake.strict else None
+        if refusal is not None:
+            fake.refusals.append(refusal)
+            return self._error(Behaviour(status=400, error_message=refusal))
         model = body.get("model", "fake-model")
         completion_id = f"chatcmpl-fake{len(fake.requests)}"
         created = int(time.time())
@@ -314,6 +368,10 @@ class FakeUpstream:
         self.behaviour = Behaviour()
         self.requests: list[ReceivedRequest] = []
         self.chat_requests = 0  # counted even where `requests` keeps nothing (the benchmark's)
+        # Strict: refuse with 400, as OpenAI does, unknown top-level fields, tool calls without results, results
+        # without calls and empty assistant turns (what it refused is kept in `refusals`).
+        self.strict = False
+        self.refusals: list[str] = []
         self.script: list[ScriptedTurn] = []  # the next answers, one per chat request, before the words
         self.call_tool: str | None = None  # a tool every request calls before the words (the benchmark's two passes)
         app = tornado.web.Application(

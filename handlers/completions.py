@@ -105,7 +105,7 @@ class CompletionHandler(ApiHandler):
                 bearer_token(request),
                 request.headers.get("X-Conversation-Id"),
             )
-            chat = parse_chat_request(self.body, self.config.model)
+            chat = parse_chat_request(self.body, self.config.model, request.headers.get("X-Voice-Platform"))
             self.request_log.describe(record, chat)
             if self._client_gone:
                 raise asyncio.CancelledError

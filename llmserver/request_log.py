@@ -114,7 +114,8 @@ class RequestRecord:
     messages: int = 0
     last_user_message: str = ""
     turn_id: Any = None
-    engine_fields: dict[str, Any] = field(default_factory=dict)
+    engine_fields: dict[str, Any] = field(default_factory=dict)  # what the voice platform added (not sent upstream)
+    platform: str | None = None  # the voice platform that sent it (agora, vapi, elevenlabs, deepgram, …)
     instance: str = ""  # the process that served it (host:pid), when several serve one deployment
     messages_logged: list[dict[str, str]] = field(default_factory=list)  # role and text, as LOG_USER_TEXT says
     reply: str = ""  # the answer's text, as LOG_USER_TEXT says
@@ -137,6 +138,7 @@ class RequestRecord:
     pass_gaps_ms: list[float] = field(default_factory=list)  # from a pass's end to the next pass's call, tools included
     tool_calls: list[ToolCallDetails] = field(default_factory=list)  # the server's, in the order they ran
     conversation: str | None = None  # the memory's key for this conversation, when it has one
+    history_repairs: dict[str, int] = field(default_factory=dict)  # what the repair changed before going upstream
     key: str = ""  # unique: this server process and the record's number in it
     _start: float = field(default_factory=time.perf_counter, repr=False)
     _user_text: Callable[[str], str] = field(default=str, repr=False)  # LOG_USER_TEXT, for what the model wrote
@@ -200,6 +202,9 @@ class RequestRecord:
     def played(self, details: AudioDetails) -> None:
         self.audio = details
 
+    def history_repaired(self, changes: dict[str, int]) -> None:
+        self.history_repairs = changes
+
     def fail(self, status: int, message: str, code: str | None = None) -> None:
         self.status = status
         self.outcome = "error"
@@ -226,6 +231,7 @@ class RequestRecord:
         data["tool_calls"] = [asdict(call) for call in self.tool_calls]
         data["attempts"] = [asdict(attempt) for attempt in self.attempts]
         data["pass_gaps_ms"] = list(self.pass_gaps_ms)
+        data["history_repairs"] = dict(self.history_repairs)
         return data
 
 
@@ -317,6 +323,7 @@ class RequestLog:
             ]
         record.turn_id = bounded_value(chat.turn_id)
         record.engine_fields = self.bounded(chat.engine_fields)
+        record.platform = chat.platform
 
     def bounded(self, value: dict[str, Any], limit: int = 4096) -> dict[str, Any]:
         """`value` (safe, depth-bounded) if its JSON is small, else a truncated JSON text: records stay small."""

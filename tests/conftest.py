@@ -84,7 +84,10 @@ def io_loop():
 
 @pytest.fixture
 def fake_upstream(io_loop):
+    """The fake upstream, strict: it refuses what OpenAI refuses (unknown fields, tool calls without results, results
+    without calls, empty assistant turns), so a test sees what production would."""
     fake = FakeUpstream().start()
+    fake.strict = True
     yield fake
     io_loop.run_sync(fake.stop)
 

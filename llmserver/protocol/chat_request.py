@@ -1,4 +1,5 @@
-"""Parses and validates a Chat Completions request body, and separates the Agora engine's own fields from it."""
+"""Parses and validates a Chat Completions request body, and separates the voice platforms' own fields from it
+(platforms.py: the Agora engine's, Vapi's, ElevenLabs')."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ from typing import Any
 
 from .errors import ApiError
 from .json_body import parse_json
-
-# Fields the Agora engine adds (vendor "custom"); OpenAI rejects unknown fields, so they never go upstream.
-ENGINE_TOP_LEVEL_FIELDS = ("context", "turn_id", "timestamp", "interruptable")
-ENGINE_MESSAGE_FIELDS = ("turn_id", "timestamp", "metadata")
+from .platforms import recognise
 
 _NUMBER = (int, float)
 MAX_MODEL_CHARS = 256
@@ -44,10 +42,13 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 
 @dataclass
 class ChatRequest:
-    """A validated request: `body` is what goes upstream, `engine_fields` what the Agora engine added."""
+    """A validated request: `body` is what goes upstream, `engine_fields` what the voice platform added (its top-level
+    fields, and under "messages" each message's), `platform` the platform's name (None: a plain OpenAI client)."""
 
     body: dict[str, Any]
     engine_fields: dict[str, Any] = field(default_factory=dict)
+    platform: str | None = None
+    conversation: list[str] | None = None  # the platform's own id of the conversation, when it sends one
 
     @property
     def stream(self) -> bool:
@@ -71,10 +72,15 @@ class ChatRequest:
 
     def message_turn_ids(self) -> list[Any]:
         """The engine's turn id of each message (None where it sent none)."""
+        return [fields.get("turn_id") for fields in self.message_fields()]
+
+    def message_fields(self) -> list[dict[str, Any]]:
+        """The platform's fields of each message (the Agora engine's `turn_id`, `timestamp`, `metadata`), in order;
+        empty when it sent none."""
         fields = self.engine_fields.get("messages")
         if not isinstance(fields, list):
             return []
-        return [f.get("turn_id") if isinstance(f, dict) else None for f in fields]
+        return [f if isinstance(f, dict) else {} for f in fields]
 
     def last_user_text(self) -> str:
         return last_user_text(self.messages)
@@ -148,8 +154,9 @@ def _is_type(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
-    """Validates `raw` (the HTTP body); raises ApiError or InvalidJson (400) naming the offending field."""
+def parse_chat_request(raw: bytes, default_model: str, platform_header: str | None = None) -> ChatRequest:
+    """Validates `raw` (the HTTP body); raises ApiError or InvalidJson (400) naming the offending field.
+    `platform_header` is X-Voice-Platform, for a platform that adds no fields of its own."""
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_body")
@@ -194,13 +201,15 @@ def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
         raise ApiError(
             400, f"'model' must be at most {MAX_MODEL_CHARS} characters.", param="model", code="string_above_max_length"
         )
-    engine_fields = {name: body.pop(name) for name in ENGINE_TOP_LEVEL_FIELDS if name in body}
-    message_fields = []
-    for message in messages:
-        removed = {name: message.pop(name) for name in ENGINE_MESSAGE_FIELDS if name in message}
-        message_fields.append(removed)
-    if any(message_fields):
-        engine_fields["messages"] = message_fields
+    platform, platform_name = recognise(body, platform_header)
+    engine_fields: dict[str, Any] = {}
+    conversation = None
+    if platform is not None:
+        engine_fields = {name: body.pop(name) for name in platform.top_level if name in body}
+        conversation = platform.conversation(engine_fields)
+        message_fields = [{name: m.pop(name) for name in platform.per_message if name in m} for m in messages]
+        if any(message_fields):
+            engine_fields["messages"] = message_fields
     if not body.get("model"):
         body["model"] = default_model
-    return ChatRequest(body=body, engine_fields=engine_fields)
+    return ChatRequest(body=body, engine_fields=engine_fields, platform=platform_name, conversation=conversation)

@@ -23,7 +23,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,15 +81,14 @@ def credential_scope(credential: str | None) -> str:
 
 
 def conversation_key(
-    engine_fields: Mapping[str, Any], user: Any, header: str | None, credential: str | None = None
+    platform: tuple[str, list[str]] | None, user: Any, header: str | None, credential: str | None = None
 ) -> str | None:
-    """The memory's key for a request, or None when it names no conversation."""
+    """The memory's key for a request, or None when it names no conversation: the voice platform's own id of the
+    conversation (`platform`: its name and the id's parts), else `user`, else the X-Conversation-Id header; scoped
+    by the credential the caller presented."""
     identity: tuple[str, list[str]] | None = None
-    context = engine_fields.get("context")
-    if isinstance(context, dict):
-        parts = [context.get(name) for name in ("appId", "userId", "channel")]
-        if any(_usable(part) for part in parts):
-            identity = ("agora", [str(part) if _usable(part) else "" for part in parts])
+    if platform is not None and platform[1]:
+        identity = platform
     if identity is None and isinstance(user, str) and user:
         identity = ("user", [user])
     if identity is None and header:
@@ -123,10 +122,6 @@ def bounded_turn_id(turn_id: Any) -> Any:
     if isinstance(turn_id, int) or (isinstance(turn_id, str) and len(turn_id) <= 64):
         return turn_id
     return None
-
-
-def _usable(part: Any) -> bool:
-    return isinstance(part, (str, int)) and not isinstance(part, bool) and str(part) != ""
 
 
 def turn_text(message_or_text: dict[str, Any] | str) -> str:

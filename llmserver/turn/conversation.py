@@ -16,14 +16,16 @@ class ConversationStage:
 
     async def __call__(self, turn: ChatTurn) -> None:
         chat, caller = turn.chat, turn.caller
-        key = conversation_key(chat.engine_fields, chat.body.get("user"), caller.conversation_header, caller.credential)
+        platform = (chat.platform, chat.conversation) if chat.platform and chat.conversation else None
+        key = conversation_key(platform, chat.body.get("user"), caller.conversation_header, caller.credential)
         turn.conversation = key
         turn.trace.conversation_is(key)
         if key is None:
             return
         turn_ids = chat.message_turn_ids()
-        messages = self.memory.splice(key, chat.messages, turn_ids)
-        if messages is not chat.messages:
+        sent = turn.body["messages"]  # the caller's, as earlier stages left them (one for one)
+        messages = self.memory.splice(key, sent, turn_ids)
+        if messages is not sent:
             turn.body = {**turn.body, "messages": messages}
         last_user = turn.last_user_index
         turn_id = turn_ids[last_user] if last_user is not None and last_user < len(turn_ids) else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ..audio.responder import ClipSink
@@ -19,6 +19,20 @@ ExchangeListener = Callable[[list[dict[str, Any]], list[ToolOutcome]], None]
 
 class AnswerSink(ChunkSink, ClipSink, Protocol):
     """Where an answer goes: chunks (and the audio endpoint's spliced clip chunks), comments, [DONE]."""
+
+
+@dataclass
+class Repairs:
+    """What the history's repair changed (llmserver.turn.history); all zero: the history went as it came."""
+
+    results_added: int = 0  # for tool calls left without one
+    results_dropped: int = 0  # answering no call
+    empty_turns_dropped: int = 0
+    turns_joined: int = 0
+    interrupted_marked: int = 0
+
+    def changed(self) -> dict[str, int]:
+        return {name: count for name, count in asdict(self).items() if count}
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,7 @@ class ChatTurn:
     conversation: str | None = None  # the memory's key
     tools: ToolUse | None = None  # the server's tools offered, if any
     exchange_listeners: list[ExchangeListener] = field(default_factory=list)
+    repairs: Repairs = field(default_factory=Repairs)
 
     def __post_init__(self) -> None:
         if not self.body:

@@ -1,7 +1,8 @@
 """The completion service: one chat turn, from a parsed request to its answer.
 
-    memory splice → [waiting message] → [retrieve → augment] → the server's tools offered → relay or tool loop
-    (streamed, or collected for `stream: false`), the exchange remembered as the tools run
+    interrupted turns marked → memory splice → [waiting message] → [retrieve → augment] → the server's tools
+    offered → the history repaired → relay or tool loop (streamed, or collected for `stream: false`), the exchange
+    remembered as the tools run
 
 The stages are composed per endpoint here, in one place (llmserver.endpoints says what each endpoint does): a new
 stage is one file and one line below. The audio endpoint plays its clip (llmserver.audio.responder).
@@ -15,6 +16,7 @@ from ..audio.responder import ClipResponder
 from ..endpoints import ENDPOINTS, Endpoint
 from ..protocol.chat_request import ChatRequest
 from ..upstream.relay import Relay
+from .history import HistoryRepairStage, InterruptedTurnsStage
 from .model import AnswerSink, Caller, ChatTurn, Stage
 from .trace import TurnTrace
 
@@ -34,13 +36,14 @@ class CompletionService:
         self.clips = clips
         self._stages: dict[str, list[Stage]] = {}
         for endpoint in ENDPOINTS:
-            stages = [conversation]
+            stages: list[Stage] = [InterruptedTurnsStage(), conversation]
             if endpoint.waiting_message and waiting_message is not None:
                 stages.append(waiting_message)
             if endpoint.retrieves:
                 stages.append(retrieval)
             if endpoint.offers_tools:
                 stages.append(server_tools)
+            stages.append(HistoryRepairStage())
             self._stages[endpoint.name] = stages
 
     async def answer(

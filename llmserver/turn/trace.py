@@ -15,3 +15,6 @@ class TurnTrace(RelayTrace, Protocol):
     def retrieved(self, details: RetrievalDetails) -> None: ...
 
     def played(self, details: AudioDetails) -> None: ...
+
+    def history_repaired(self, changes: dict[str, int]) -> None:
+        """The history was repaired before going upstream (llmserver.turn.history): what changed, counted."""

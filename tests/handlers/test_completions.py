@@ -54,9 +54,12 @@ async def test_v1_path_and_tool_calls_and_usage_chunk_are_relayed(http_server, b
 
 @pytest.mark.gen_test
 async def test_body_is_forwarded_unchanged_except_engine_fields(http_server, base_url, fake_upstream, services):
+    fake_upstream.strict = False  # a field OpenAI does not know yet goes on as it came (one it knows tomorrow)
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
     messages = [
         {"role": "system", "content": "Be brief.", "turn_id": 3, "timestamp": 1700000000000},
         {"role": "assistant", "audio": {"id": "audio_abc"}, "metadata": {"interrupted": True}},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "22 degrees"},
         {
             "role": "user",
@@ -98,9 +101,9 @@ async def test_body_is_forwarded_unchanged_except_engine_fields(http_server, bas
     record = services.request_log.recent()[-1]
     assert record["turn_id"] == 4
     assert record["engine_fields"]["context"] == {"presence": {"u": "online"}, "channel": "c1"}
-    assert record["engine_fields"]["messages"][3] == {"turn_id": 4, "metadata": {"source": "asr"}}
+    assert record["engine_fields"]["messages"][4] == {"turn_id": 4, "metadata": {"source": "asr"}}
     assert record["last_user_message"] == "What is the weather?"
-    assert record["messages"] == 4
+    assert record["messages"] == 5 and record["platform"] == "agora" and record["history_repairs"] == {}
 
 
 @pytest.mark.gen_test

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from llmserver.protocol.platforms import AGORA
 from llmserver.tools.memory import ConversationMemory, Exchange, conversation_key
 
 
@@ -21,38 +22,44 @@ def exchange(call_id: str, after: str = "What is the weather?", turn_id=None) ->
     )
 
 
+def agora(fields: dict) -> tuple[str, list[str]] | None:
+    """The Agora engine's conversation, as the platform profile reads it from its fields."""
+    parts = AGORA.conversation(fields)
+    return ("agora", parts) if parts else None
+
+
 def history(*texts: str) -> list[dict]:
     return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(texts)]
 
 
 def test_the_conversation_key_prefers_the_engines_context_then_user_then_header():
     context = {"context": {"appId": "a", "userId": "u", "channel": "c"}}
-    assert conversation_key(context, "someone", "h1") == 'anon:agora:["a","u","c"]'
-    assert conversation_key({"context": {"presence": {}}}, "someone", "h1") == 'anon:user:["someone"]'
-    assert conversation_key({}, None, "h1") == 'anon:header:["h1"]'
-    assert conversation_key({}, None, None) is None
+    assert conversation_key(agora(context), "someone", "h1") == 'anon:agora:["a","u","c"]'
+    assert conversation_key(agora({"context": {"presence": {}}}), "someone", "h1") == 'anon:user:["someone"]'
+    assert conversation_key(None, None, "h1") == 'anon:header:["h1"]'
+    assert conversation_key(None, None, None) is None
 
 
 def test_keys_made_of_different_parts_never_collide():
     # "a:b" + "c" and "a" + "b:c" were both "agora:a:b:c".
-    one = conversation_key({"context": {"appId": "a:b", "userId": "c"}}, None, None)
-    other = conversation_key({"context": {"appId": "a", "userId": "b:c"}}, None, None)
+    one = conversation_key(agora({"context": {"appId": "a:b", "userId": "c"}}), None, None)
+    other = conversation_key(agora({"context": {"appId": "a", "userId": "b:c"}}), None, None)
     assert one != other
-    assert conversation_key({}, "agora:x", None) != conversation_key({"context": {"appId": "x"}}, None, None)
+    assert conversation_key(None, "agora:x", None) != conversation_key(agora({"context": {"appId": "x"}}), None, None)
 
 
 def test_a_key_is_scoped_by_the_credential_the_caller_presented():
-    keyed = conversation_key({}, "u1", None, "sk-caller-a")
-    assert keyed != conversation_key({}, "u1", None, "sk-caller-b") != conversation_key({}, "u1", None)
-    assert keyed == conversation_key({}, "u1", None, "sk-caller-a")
+    keyed = conversation_key(None, "u1", None, "sk-caller-a")
+    assert keyed != conversation_key(None, "u1", None, "sk-caller-b") != conversation_key(None, "u1", None)
+    assert keyed == conversation_key(None, "u1", None, "sk-caller-a")
     assert "sk-caller-a" not in keyed  # a digest of it, never the key itself
 
 
 def test_a_long_identity_is_hashed():
-    key = conversation_key({}, "x" * 1_000_000, None)
-    assert len(key) < 100 and key == conversation_key({}, "x" * 1_000_000, None)
-    assert conversation_key({}, "x" * 1_000_000, None) != conversation_key({}, "x" * 999_999 + "y", None)
-    assert len(conversation_key({}, "line\nbreak", None)) < 100 and "\n" not in conversation_key({}, "a\nb", None)
+    key = conversation_key(None, "x" * 1_000_000, None)
+    assert len(key) < 100 and key == conversation_key(None, "x" * 1_000_000, None)
+    assert conversation_key(None, "x" * 1_000_000, None) != conversation_key(None, "x" * 999_999 + "y", None)
+    assert len(conversation_key(None, "line\nbreak", None)) < 100 and "\n" not in conversation_key(None, "a\nb", None)
 
 
 def test_malformed_histories_splice_without_failing():

@@ -1,0 +1,109 @@
+"""Voice-shaped turns through the server's HTTP, against the strict fake upstream (it refuses what OpenAI refuses):
+histories after a barge-in, interrupted assistant turns, and the voice platforms' own fields and conversations."""
+
+from __future__ import annotations
+
+import pytest
+
+from fakes.client_shapes import agora_engine, elevenlabs, vapi
+from fakes.upstream import ScriptedTurn
+from llmserver.turn.history import CUT_OFF
+from tests.client import stream
+
+ENDPOINTS = ("/chat/completions", "/rag/chat/completions")
+CALL = {"id": "call_9", "type": "function", "function": {"name": "lookup_order", "arguments": '{"order": "A-17"}'}}
+
+
+def barged_into_a_tool_call() -> dict:
+    """The engine's request after the caller spoke while a tool ran: the call is in the history, its result not."""
+    body = agora_engine("Never mind, what are your opening hours?")
+    body["messages"][-1:-1] = [
+        {"role": "user", "content": "Where is my order A-17?", "turn_id": 2},
+        {"role": "assistant", "content": "", "tool_calls": [CALL], "turn_id": 2},
+    ]
+    return body
+
+
+def interrupted_before_a_word() -> dict:
+    body = agora_engine("Hello?")
+    body["messages"][-1:-1] = [
+        {"role": "user", "content": "Can you hear me?", "turn_id": 2},
+        {"role": "assistant", "content": "", "turn_id": 2, "metadata": {"interrupted": True, "original": "Yes"}},
+    ]
+    return body
+
+
+def last_record(services) -> dict:
+    return services.request_log.recent()[-1]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("shape", [barged_into_a_tool_call, interrupted_before_a_word])
+@pytest.mark.gen_test
+async def test_a_history_left_by_a_barge_in_is_one_the_upstream_accepts(
+    http_server, base_url, fake_upstream, services, endpoint, shape
+):
+    result = await stream(base_url, endpoint, shape())
+    assert result.events[-1] == "[DONE]" and not fake_upstream.refusals, fake_upstream.refusals
+    assert "word0" in result.text
+    assert last_record(services)["history_repairs"]
+
+
+@pytest.mark.gen_test
+async def test_an_interrupted_turn_goes_upstream_as_it_was_spoken_marked_cut_off(
+    http_server, base_url, fake_upstream, services
+):
+    await stream(base_url, "/chat/completions", agora_engine())
+    said = [m["content"] for m in fake_upstream.last.body["messages"] if m["role"] == "assistant"]
+    assert said[-1] == "I can answer questions about" + CUT_OFF
+    assert "its knowledge base" not in str(fake_upstream.last.body)  # the unspoken rest never goes upstream
+    assert last_record(services)["history_repairs"] == {"interrupted_marked": 1}
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize(
+    "shape, platform, kept",
+    [(vapi, "vapi", {"call", "customer", "phoneNumber", "metadata"}),
+     (elevenlabs, "elevenlabs", {"elevenlabs_extra_body", "user_id"})],
+)  # fmt: skip
+@pytest.mark.gen_test
+async def test_a_platforms_own_fields_stay_out_of_the_upstream_and_in_the_record(
+    http_server, base_url, fake_upstream, services, endpoint, shape, platform, kept
+):
+    result = await stream(base_url, endpoint, shape())
+    assert result.events[-1] == "[DONE]" and not fake_upstream.refusals, fake_upstream.refusals
+    assert not kept & set(fake_upstream.last.body)
+    record = last_record(services)
+    assert record["platform"] == platform and set(record["engine_fields"]) == kept
+
+
+@pytest.mark.settings(server_tools=("chat",))
+@pytest.mark.parametrize(
+    "shape, key",
+    [(vapi, 'anon:vapi:["b0f8a8e3-6c6d-4a61-9d3e-3e7f1c2a9b10"]'), (elevenlabs, 'anon:elevenlabs:["conv_01jx9"]')],
+)
+@pytest.mark.gen_test
+async def test_a_platforms_call_is_the_conversation_its_tool_exchanges_are_remembered_in(
+    http_server, base_url, fake_upstream, services, shape, key
+):
+    fake_upstream.script = [
+        ScriptedTurn("Let me check.", [("current_time", {"timezone": "UTC"})]),
+        ScriptedTurn("Nine."),
+    ]
+    first = shape("What time is it?")
+    await stream(base_url, "/chat/completions", first)
+    assert last_record(services)["conversation"] == key
+    following = shape("And in Tokyo?")
+    following["messages"][-1:-1] = [first["messages"][-1], {"role": "assistant", "content": "Let me check. Nine."}]
+    await stream(base_url, "/chat/completions", following)
+    sent = fake_upstream.last.body["messages"]
+    assert [m["role"] for m in sent].count("tool") == 1 and not fake_upstream.refusals  # the call, remembered
+
+
+@pytest.mark.gen_test
+async def test_a_platform_that_adds_no_fields_is_named_by_a_header(http_server, base_url, fake_upstream, services):
+    body = {"stream": True, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
+    headers = {"X-Voice-Platform": "Deepgram", "X-Conversation-Id": "dg-call-1"}
+    await stream(base_url, "/chat/completions", body, headers)
+    record = last_record(services)
+    assert record["platform"] == "deepgram" and record["conversation"] == 'anon:header:["dg-call-1"]'
