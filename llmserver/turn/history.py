@@ -41,9 +41,7 @@ def _is_empty(message: dict[str, Any]) -> bool:
 def _plain_text(message: dict[str, Any], role: str) -> bool:
     """A turn of `role` that is only text, and so can be joined with its neighbour."""
     return (
-        message.get("role") == role
-        and isinstance(message.get("content"), str)
-        and set(message) <= {"role", "content"}
+        message.get("role") == role and isinstance(message.get("content"), str) and set(message) <= {"role", "content"}
     )
 
 

@@ -17,7 +17,7 @@ What happens is reported to a RelayTrace (trace.py); what reaches the caller goe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -125,9 +125,11 @@ class Relay:
         """The stream and its first chunk, from whichever upstream the router gets it (every attempt within the
         first-token deadline); keep-alive comments meanwhile once the response has begun."""
         timeout = self.policy.first_token_timeout
+        deadline_at = asyncio.get_running_loop().time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                return await self._keep_alive(sink, self.router.open_stream(body, api_key, trace))
+            async with asyncio.timeout_at(deadline_at):
+                opening = self.router.open_stream(body, api_key, trace, deadline_at)
+                return await self._keep_alive(sink, opening, discard=Opened.aclose)
         except TimeoutError:
             raise ApiError(
                 504, f"The upstream LLM sent no token within {timeout:g} s.", code="first_token_timeout"
@@ -140,17 +142,22 @@ class Relay:
             trace.said(message["content"])
         return completion
 
-    async def _keep_alive(self, sink: ChunkSink, waiting: Awaitable[T]) -> T:
+    async def _keep_alive(
+        self, sink: ChunkSink, waiting: Awaitable[T], discard: Callable[[T], Awaitable[None]] | None = None
+    ) -> T:
         """Awaits `waiting`; once the response has begun (the RAG waiting message), sends an SSE comment every
-        `keepalive_seconds` meanwhile: clients such as LiveKit's give up after 10 s of silence."""
+        `keepalive_seconds` meanwhile: clients such as LiveKit's give up after 10 s of silence. `discard` closes a
+        result that arrived in the very moment the caller left (or a deadline struck), which nobody else will."""
         interval = self.policy.keepalive_seconds
         if not sink.started or not interval:
             return await waiting
         task = asyncio.ensure_future(waiting)
+        returned = False
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=interval)
                 if done:
+                    returned = True
                     return task.result()
                 await sink.send_comment("keep-alive")
         finally:
@@ -159,8 +166,9 @@ class Relay:
                 # closing before anyone else touches it.
                 task.cancel()
                 await asyncio.wait({task})
-            elif not task.cancelled():
-                task.exception()  # retrieved, so a failure met while leaving is not logged as unhandled
+            # (task.exception() retrieves a failure met while leaving, so that it is never logged as lost)
+            if not returned and not task.cancelled() and task.exception() is None and discard is not None:
+                await discard(task.result())
 
     # The tool loop ---------------------------------------------------------------------------------------------
 

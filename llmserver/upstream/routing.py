@@ -111,10 +111,14 @@ class Health:
 
     def failed(self, now: float) -> None:
         self.failures += 1
-        if self.state == "probing" or self.failures >= self.policy.failures_to_skip:
-            self.skips += 1
-            self.skipped_until = now + min(MAX_SKIP_SECONDS, self.policy.skip_seconds * 2 ** (self.skips - 1))
-            self._become("skipped")
+        if self.state == "probing":
+            self.skips += 1  # a failed probe: skipped again, twice as long
+        elif self.state == "healthy" and self.failures >= self.policy.failures_to_skip:
+            self.skips = 1
+        else:
+            return  # already skipped: the failures of requests sent before change nothing
+        self.skipped_until = now + min(MAX_SKIP_SECONDS, self.policy.skip_seconds * 2 ** (self.skips - 1))
+        self._become("skipped")
 
     def abandoned(self) -> None:
         """The probe was cancelled before it told anything: the next request probes again."""
@@ -188,6 +192,7 @@ class Route:
         self.config = config
         self.name = config.name
         self.client = client
+        self.first_token_timeout = config.first_token_timeout  # the router sets a default with several upstreams
         self.times = FirstChunkTimes()
         self.in_flight = 0
         self.health = Health(health, lambda state: observer.state_changed(self.name, state))
@@ -269,9 +274,7 @@ class UpstreamsBusy(ApiError):
         )
 
 
-def counts_against_health(error: UpstreamError) -> bool:
-    """Failures that say the upstream is unwell (not that the request was refused)."""
-    return error.retryable and not error.dropped
+OPERATOR_STATUSES = (401, 403, 404)  # with several upstreams: that upstream's key or model, not the request
 
 
 class Router:
@@ -282,9 +285,16 @@ class Router:
         retries: int = 2,
         hedge: HedgePolicy | None = None,
         observer: RoutingObserver | None = None,
+        first_token_timeout: float | None = None,
     ) -> None:
+        """`first_token_timeout`: the whole request's (FIRST_TOKEN_TIMEOUT); with several upstreams, one without a
+        deadline of its own gets an equal share of it, so that a hung upstream passes the request on in time."""
         self.routes = list(routes)
         self.retries = retries
+        self.first_token_timeout = first_token_timeout
+        if first_token_timeout and len(self.routes) > 1:
+            for route in self.routes:
+                route.first_token_timeout = route.first_token_timeout or first_token_timeout / len(self.routes)
         self.hedge = hedge or HedgePolicy()
         self.observer = observer or SilentObserver()
         self.budget = HedgeBudget(self.hedge.budget)
@@ -317,10 +327,13 @@ class Router:
         usable = [route for route in with_room if route.health.usable(now)]
         return usable or sorted(with_room, key=lambda route: route.health.skipped_until)
 
-    async def open_stream(self, body: dict[str, Any], api_key: str | None, trace: RelayTrace) -> Opened:
-        """A stream and its first chunk, from the first upstream that gives one (see the module's notes)."""
+    async def open_stream(
+        self, body: dict[str, Any], api_key: str | None, trace: RelayTrace, deadline_at: float | None = None
+    ) -> Opened:
+        """A stream and its first chunk, from the first upstream that gives one (see the module's notes);
+        `deadline_at` (the event loop's clock) is when the caller's own deadline ends the request."""
         self.budget.earn()
-        race = _Race(self, body, api_key, trace)
+        race = _Race(self, body, api_key, trace, deadline_at=deadline_at)
         try:
             opened = await race.run()
         except BaseException:
@@ -361,7 +374,12 @@ class Router:
 
 
 class _Race:
-    """One request's way to an answer: the attempts made, in order, and (hedging) at most two at once."""
+    """One request's way to an answer: the attempts made, in order, and (hedging) at most two at once.
+
+    A failed attempt is judged (`failed`): whether it says the upstream is unwell (health), and whether the request
+    may go elsewhere. What may not (the request itself was refused) ends the race once no other attempt is still
+    running; the caller then gets that answer.
+    """
 
     def __init__(
         self,
@@ -372,6 +390,7 @@ class _Race:
         *,
         streamed: bool = True,
         call: str = "chat",
+        deadline_at: float | None = None,
     ) -> None:
         self.router = router
         self.body = body
@@ -379,6 +398,7 @@ class _Race:
         self.trace = trace
         self.streamed = streamed
         self.call = call
+        self.loop = asyncio.get_running_loop()
         self.pending: deque[Route] = deque(router.plan(api_key))
         if not self.pending:
             raise ApiError(
@@ -386,43 +406,65 @@ class _Race:
                 "No API key: send 'Authorization: Bearer <key>' or give the upstreams keys of their own.",
                 code="missing_api_key",
             )
+        self.deadline_at = deadline_at
         self.retries_used = 0
         self.dropped_retries = DROPPED_CONNECTION_RETRIES
+        self.errors: dict[str, UpstreamError] = {}  # each upstream's last failure
         self.last_error: UpstreamError | None = None
+        self.final_error: UpstreamError | None = None  # a refusal: the caller's answer once nothing else runs
         self.racing: dict[asyncio.Task, tuple[Route, float]] = {}
+        self.spare: list[Opened] = []  # a second winner in the same moment: closed unread
         self.hedged = False
         self.hedges_left = 1 if router.hedge.enabled else 0  # one hedge per request, if the budget allows it
-        self.loop = asyncio.get_running_loop()
 
     # Choosing the next upstream ----------------------------------------------------------------------------------
 
     async def next_route(self) -> Route:
-        if self.pending:
-            return self.pending.popleft()
-        error = self.last_error
-        assert error is not None
-        if self.retries_used >= self.router.retries:
+        """The next upstream to ask: one not asked yet (with room), else, after a back-off, the first again."""
+        while self.pending:
+            route = self.pending.popleft()
+            if route.has_room():
+                return route
+        error = self.final_error or self.last_error
+        if error is None:
+            raise UpstreamsBusy()
+        if self.final_error is not None or self.retries_used >= self.router.retries:
             raise error
+        plan = [route for route in self.router.plan(self.api_key) if route.has_room()]  # health may have changed
+        first = self.errors.get(plan[0].name) if plan else None
+        delay = backoff(self.retries_used + 1, first.retry_after if first is not None else None)
+        if not plan or (self.deadline_at is not None and self.loop.time() + delay >= self.deadline_at):
+            raise error  # no time left to wait for: the failure now, rather than a timeout later
         self.retries_used += 1
-        await asyncio.sleep(backoff(self.retries_used, error.retry_after))
-        self.pending.extend(self.router.plan(self.api_key))  # health may have changed meanwhile
+        await asyncio.sleep(delay)
+        self.pending.extend(plan)
         return self.pending.popleft()
 
     def failed(self, route: Route, error: UpstreamError, started: float) -> None:
-        """Reports a failed attempt and decides what follows it; raises `error` when nothing may."""
-        if counts_against_health(error):
+        """Reports a failed attempt, and decides what may follow it (see the class's notes)."""
+        retry_here = error.dropped and self.dropped_retries > 0  # a kept-alive connection the peer had closed
+        server_side = error.retryable or error.status >= 500  # nothing of it reached the caller: safe to move on
+        several = len(self.router.routes) > 1
+        operator = several and error.status in OPERATOR_STATUSES  # that upstream's key or model mapping
+        if retry_here:
+            self.dropped_retries -= 1
+            self.pending.appendleft(route)
+        elif server_side or (operator and error.status != 404 and route.client.has_own_key):
             route.health.failed(self.loop.time())
         elif not error.dropped:
             route.health.succeeded()  # it answered: the request was refused, the upstream is well
         self.router.observer.attempt_failed(route.name, error.code or "error", error.status)
         if self.trace is not None:
             self.trace.attempt_ended(route.name, "failed", (self.loop.time() - started) * 1000, error.code)
-        if not error.retryable:
-            raise error
-        self.last_error = error
-        if error.dropped and self.dropped_retries:
-            self.dropped_retries -= 1
-            self.pending.appendleft(route)
+        self.errors[route.name] = error
+        if server_side or operator:
+            self.last_error = error
+        else:
+            self.final_error = self.final_error or error
+
+    def ended(self) -> bool:
+        """The race is over (a refusal, and no other attempt still running)."""
+        return self.final_error is not None and not self.racing
 
     # One attempt ---------------------------------------------------------------------------------------------------
 
@@ -439,15 +481,18 @@ class _Race:
         if not self.streamed:
             try:
                 if self.call == "models":
-                    return route, await route.client.list_models(self.api_key)
-                return route, await route.client.complete(body, self.api_key)
+                    answer = await route.client.list_models(self.api_key)
+                else:
+                    answer = await route.client.complete(body, self.api_key)
             except asyncio.CancelledError:
                 route.health.abandoned()
                 raise
             finally:
                 route.in_flight -= 1
+            route.health.succeeded()
+            return route, answer
         chunks = route.client.stream(body, self.api_key)
-        deadline = route.config.first_token_timeout
+        deadline = route.first_token_timeout
         try:
             try:
                 async with asyncio.timeout(deadline):
@@ -474,11 +519,20 @@ class _Race:
         return Opened(route, chunks, first, hedge)
 
     def cancelled(self, route: Route, started: float) -> None:
-        """A loser of the race, or an attempt the caller left: its time so far is a lower bound of its time to first
-        chunk, which keeps the learned delay honest about slow answers it never saw."""
-        elapsed = self.loop.time() - started
+        """An attempt cancelled before its first chunk: the loser of a race, one the caller left, or one the
+        request's FIRST_TOKEN_TIMEOUT ended (which counts against the upstream's health, as its own deadline does).
+        Its time so far is a lower bound of its time to first chunk, which keeps the learned delay honest about slow
+        answers it never saw."""
+        now = self.loop.time()
+        elapsed = now - started
         if self.hedged:
             route.times.add(elapsed)
+        if self.deadline_at is not None and now >= self.deadline_at:
+            route.health.failed(now)
+            self.router.observer.attempt_failed(route.name, "first_token_timeout", 504)
+            if self.trace is not None:
+                self.trace.attempt_ended(route.name, "failed", elapsed * 1000, "first_token_timeout")
+            return
         route.health.abandoned()
         self.router.observer.attempt_cancelled(route.name)
         if self.trace is not None:
@@ -504,12 +558,18 @@ class _Race:
                 return self.won(await self.attempt(route), started)
             except UpstreamError as error:
                 self.failed(route, error, started)
+            if self.ended():
+                assert self.final_error is not None
+                raise self.final_error
 
     def may_hedge(self) -> bool:
         return self.hedges_left > 0 and bool(self.pending) and not self.racing
 
     async def run(self) -> Opened:
         while True:
+            if self.ended():
+                assert self.final_error is not None
+                raise self.final_error
             if not self.racing:
                 route = await self.next_route()
                 started = self.loop.time()
@@ -522,23 +582,38 @@ class _Race:
                 self.start(route, started)
             first_route, first_started = next(iter(self.racing.values()))
             timeout = None
-            if len(self.racing) == 1 and self.pending and self.hedges_left:
+            if len(self.racing) == 1 and self.pending and self.hedges_left and self.final_error is None:
                 timeout = max(0.0, first_started + first_route.hedge_delay(self.router.hedge) - self.loop.time())
             done, _ = await asyncio.wait(self.racing, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 self.hedges_left -= 1
-                if self.router.budget.spend():  # else this attempt goes on alone; the others stay for fallback
-                    route = self.pending.popleft()
+                route = self.next_with_room()
+                if route is not None and self.router.budget.spend():  # else this attempt goes on alone
                     self.hedged = True
                     route.hedges += 1
                     self.start(route, self.loop.time(), hedge=True)
                 continue
-            for task in done:
+            winners = []
+            for task in done:  # the failures first, all of them: none goes unrecorded when two end together
                 route, started = self.racing.pop(task)
-                try:
-                    return self.won(task.result(), started)
-                except UpstreamError as error:
+                error = task.exception()
+                if error is None:
+                    winners.append((task.result(), started))
+                elif isinstance(error, UpstreamError):
                     self.failed(route, error, started)
+                else:
+                    raise error
+            if winners:
+                opened, started = winners[0]
+                self.spare.extend(other for other, _ in winners[1:])
+                return self.won(opened, started)
+
+    def next_with_room(self) -> Route | None:
+        while self.pending:
+            route = self.pending.popleft()
+            if route.has_room():
+                return route
+        return None
 
     def start(self, route: Route, started: float, hedge: bool = False) -> None:
         self.racing[asyncio.ensure_future(self.attempt(route, hedge))] = (route, started)
@@ -546,13 +621,16 @@ class _Race:
     async def cancel_the_rest(self) -> None:
         """Cancels the attempts still racing (the losers, or all when the caller left) and waits until each has
         closed its connection."""
-        if not self.racing:
-            return
         tasks = list(self.racing)
         self.racing.clear()
         for task in tasks:
             task.cancel()
-        await asyncio.wait(tasks)
-        for task in tasks:
-            if not task.cancelled() and task.exception() is None:
-                await task.result().aclose()  # it won too, in the same moment: closed unread
+        if tasks:
+            await asyncio.wait(tasks)
+        spare = [task.result() for task in tasks if not task.cancelled() and task.exception() is None]
+        for opened in [*self.spare, *spare]:  # they got a first chunk in the same moment: closed unread
+            if self.trace is not None:
+                self.trace.attempt_ended(opened.route.name, "cancelled", 0.0, None)
+            self.router.observer.attempt_cancelled(opened.route.name)
+            await opened.aclose()
+        self.spare.clear()

@@ -167,3 +167,24 @@ async def test_cancelling_the_relay_closes_the_upstream_request(relay, fake_upst
     task.cancel()
     await asyncio.wait_for(fake_upstream.last.closed.wait(), 5)
     assert task.cancelled() or isinstance(task.exception(), asyncio.CancelledError)
+
+
+@pytest.mark.gen_test
+async def test_a_stream_opened_in_the_moment_the_caller_leaves_is_closed_not_lost(relay):
+    # Found in review: the first chunk and the caller's leaving in one event-loop turn left the stream open (and its
+    # upstream's place under max_streams taken) for good.
+    closed = []
+
+    class Opened:
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    opening = asyncio.get_running_loop().create_future()
+    waiting = asyncio.ensure_future(relay(keepalive_seconds=10)._keep_alive(RecordingSink(started=True), opening,
+                                                                            discard=Opened.aclose))  # fmt: skip
+    await asyncio.sleep(0)
+    opening.set_result(Opened())
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert closed == [True]

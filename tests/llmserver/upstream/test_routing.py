@@ -424,3 +424,121 @@ def test_an_upstreams_file_with_a_problem_is_refused_naming_it(tmp_path, content
     with pytest.raises(UpstreamsFileError) as raised:
         load_upstreams_file(str(path))
     assert str(path) in str(raised.value) and problem in str(raised.value)
+
+
+# What a review found (each failed before its fix) -------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_a_probe_answered_by_a_whole_completion_makes_the_upstream_healthy_again(routed, fakes, record):
+    recovering, other = fakes(2)
+    recovering.behaviour.status = 500
+    relay = routed(recovering.base_url, other.base_url, health=HealthPolicy(1, 0.2))
+    await answer(relay, RequestLog().begin("req_1", "chat"))
+    recovering.behaviour.status = 200
+    await asyncio.sleep(0.25)
+    await relay.complete({"model": "m", "messages": [USER]}, None, record)  # the probe: stream false
+    assert record.upstream == "a" and relay.router.routes[0].health.state == "healthy"  # it was stuck "probing"
+
+
+@pytest.mark.gen_test
+async def test_successes_between_failures_mean_they_are_not_in_a_row(routed, fakes):
+    (flaky,) = fakes(1)
+    relay = routed(flaky.base_url, health=HealthPolicy(3, 60))
+    for _ in range(3):
+        flaky.behaviour.status = 500
+        with pytest.raises(ApiError):
+            await relay.complete({"model": "m", "messages": [USER]}, None, RequestLog().begin("bad", "chat"))
+        flaky.behaviour.status = 200
+        await relay.complete({"model": "m", "messages": [USER]}, None, RequestLog().begin("good", "chat"))
+    assert relay.router.routes[0].health.state == "healthy"
+
+
+@pytest.mark.gen_test
+async def test_a_probe_that_only_meets_dropped_connections_is_skipped_again_not_stuck(routed, fakes):
+    dropping, other = fakes(2)
+    dropping.behaviour.status = 500
+    relay = routed(dropping.base_url, other.base_url, health=HealthPolicy(1, 0.2))
+    await answer(relay, RequestLog().begin("req_1", "chat"))
+    dropping.behaviour.status = 200
+    dropping.behaviour.drop_connections = 100
+    await asyncio.sleep(0.25)
+    probe = RequestLog().begin("req_probe", "chat")
+    await answer(relay, probe)
+    assert probe.upstream == "b" and relay.router.routes[0].health.state == "skipped"  # not "probing" for good
+    dropping.behaviour.drop_connections = 0
+    await asyncio.sleep(0.45)
+    back = RequestLog().begin("req_back", "chat")
+    await answer(relay, back)
+    assert back.upstream == "a"
+
+
+@pytest.mark.gen_test
+async def test_failures_of_requests_already_in_flight_do_not_lengthen_the_skip(routed, fakes):
+    failing, other = fakes(2)
+    failing.behaviour.status = 500
+    failing.behaviour.header_delay = 0.1  # eight requests in flight when the first failure comes back
+    relay = routed(failing.base_url, other.base_url, health=HealthPolicy(1, 10))
+    await asyncio.gather(*(answer(relay, RequestLog().begin(f"req_{n}", "chat")) for n in range(8)))
+    health = relay.router.routes[0].health
+    assert health.skips == 1 and health.skipped_until - asyncio.get_running_loop().time() <= 10
+
+
+@pytest.mark.gen_test
+async def test_fallback_respects_the_next_upstreams_stream_limit(routed, fakes):
+    failing, small = fakes(2)
+    failing.behaviour.status = 500
+    failing.behaviour.header_delay = 0.1
+    small.behaviour.first_chunk_delay = 0.3
+    relay = routed(failing.base_url, UpstreamConfig("small", small.base_url, "sk", max_streams=2),
+                   health=HealthPolicy(100, 10))  # fmt: skip
+    results = await asyncio.gather(
+        *(answer(relay, RequestLog().begin(f"req_{n}", "chat")) for n in range(6)), return_exceptions=True
+    )
+    assert len(small.requests) == 2 and sum(isinstance(r, RecordingSink) for r in results) == 2
+
+
+@pytest.mark.gen_test
+async def test_a_hedge_refused_by_its_upstream_leaves_the_first_attempt_to_answer(routed, fakes, record):
+    slow, revoked = fakes(2)
+    slow.behaviour.first_chunk_delay = 0.3
+    revoked.behaviour.status = 401
+    relay = routed(slow.base_url, revoked.base_url, hedge=HedgePolicy(0.05, budget=1.0), health=HealthPolicy(1, 60))
+    await answer(relay, record)
+    assert record.upstream == "a" and attempts(record) == [("b", "failed"), ("a", "won")]
+    assert relay.router.routes[1].health.state == "skipped"  # its own key refused: the operator's to fix
+
+
+@pytest.mark.gen_test
+async def test_an_upstream_whose_first_event_is_an_error_passes_the_request_on(routed, fakes, record):
+    overloaded, healthy = fakes(2)
+    overloaded.behaviour.error_event_at = 0
+    await answer(routed(overloaded.base_url, healthy.base_url), record)
+    assert record.upstream == "b" and attempts(record) == [("a", "failed"), ("b", "won")]
+
+
+@pytest.mark.gen_test
+async def test_a_back_off_longer_than_the_time_left_is_not_waited_out(routed, fakes, record):
+    first, limited = fakes(2)
+    first.behaviour.status = 503
+    limited.behaviour.status = 429
+    limited.behaviour.retry_after = "20"
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ApiError) as raised:
+        await answer(routed(first.base_url, limited.base_url, retries=2, first_token_timeout=1.0), record)
+    assert raised.value.code != "first_token_timeout"  # the upstreams' own failure, not a silent wait for a timeout
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+@pytest.mark.gen_test
+async def test_a_hung_upstream_passes_the_request_on_within_its_share_of_the_deadline(fakes, record):
+    hung, healthy = fakes(2)
+    hung.behaviour.hang = True
+    configs = [UpstreamConfig("a", hung.base_url, "sk"), UpstreamConfig("b", healthy.base_url, "sk")]
+    routes = [Route(c, build_upstream(c, SETTINGS), HealthPolicy(), Events()) for c in configs]
+    router = Router(routes, retries=0, first_token_timeout=1.0)  # no deadline of their own: half of it each
+    try:
+        await answer(Relay(router, RelayPolicy(first_token_timeout=1.0)), record)
+    finally:
+        await router.aclose()
+    assert attempts(record) == [("a", "failed"), ("b", "won")] and record.attempts[0].code == "first_token_deadline"
