@@ -145,7 +145,7 @@ class ToolRegistry:
         (cancellation goes through)."""
         running, refused = calls[: self.calls_per_pass], calls[self.calls_per_pass :]
         outcomes = list(await asyncio.gather(*(self.run_call(call, tools) for call in running)))
-        message = f"too many calls in one turn: only the first {self.calls_per_pass} ran; make fewer at a time"
+        message = f"too many calls in one pass: only the first {self.calls_per_pass} ran; make fewer at a time"
         for call in refused:
             tool = tools.get(call.name)
             source = tool.source if tool else UNKNOWN_SOURCE

@@ -54,7 +54,7 @@ async def test_a_megabyte_rag_message_is_bounded_and_never_holds_the_event_loop(
     body = {"messages": [{"role": "assistant", "content": gibberish(300_000, 2)}, {"role": "user", "content": huge}]}
     busy = asyncio.ensure_future(stream(base_url, "/rag/chat/completions", body))
     # Before: 2.5 s per 100 KB with /healthz blocked as long (about 44 s for this request).
-    assert await slowest_health_check(base_url, busy) < 2.0
+    assert await slowest_health_check(base_url, busy) < 0.5  # the bound
     result = busy.result()
     assert result.response.code == 200 and result.events[-1] == "[DONE]"
     retrieval = services.request_log.recent()[-1]["retrieval"]
@@ -69,7 +69,7 @@ async def test_the_model_searching_with_a_huge_query_is_bounded_too(
     fake_upstream.script = [ScriptedTurn("", [("search_knowledge_base", {"query": gibberish(300_000)})])]
     asking = {"messages": [{"role": "user", "content": "?"}]}
     busy = asyncio.ensure_future(stream(base_url, "/chat/completions", asking))
-    assert await slowest_health_check(base_url, busy) < 2.0  # before: 11.6 s, the tool's timeout unable to fire
+    assert await slowest_health_check(base_url, busy) < 0.5  # before: 11.6 s, the tool's timeout unable to fire
     record = services.request_log.recent()[-1]
     assert record["tool_calls"][0]["outcome"] == "ok" and record["tool_calls"][0]["ms"] < 2000
 

@@ -320,7 +320,7 @@ async def test_calls_past_tool_calls_per_pass_get_an_error_and_do_not_run(
     assert len(results) == 12  # every call answered, in order
     assert all(json.loads(r)["booking"] == "confirmed" for r in results[:8])
     for refused in results[8:]:
-        assert json.loads(refused)["error"].startswith("too many calls in one turn")
+        assert json.loads(refused)["error"].startswith("too many calls in one pass")
     outcomes = [(c["outcome"], c["error"]) for c in services.request_log.recent()[-1]["tool_calls"]]
     assert outcomes == [("ok", None)] * 8 + [("error", "too many calls")] * 4
 
