@@ -34,6 +34,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             **registry,
         )
+        self.first_sentence = Histogram(
+            "llm_first_sentence_seconds",
+            "Time to the answer's first whole sentence at the caller (what a voice platform's TTS waits for).",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            **registry,
+        )
         self.duration = Histogram(
             "llm_request_seconds",
             "Time from request to the end of the answer.",
@@ -77,6 +84,8 @@ class Metrics:
             first_chunk.observe(record["first_chunk_ms"] / 1000)
         if record["total_ms"] is not None:
             duration.observe(record["total_ms"] / 1000)
+        if record.get("first_sentence_ms") is not None:
+            self.first_sentence.labels(endpoint).observe(record["first_sentence_ms"] / 1000)
         code = record.get("error_code") or ""
         if code.startswith("upstream") or code in ("first_token_timeout", "completion_timeout"):
             self.upstream_errors.labels(code).inc()

@@ -124,6 +124,7 @@ class RequestRecord:
     first_chunk_ms: float | None = None  # the first chunk to the client (on /rag: the waiting message)
     upstream_called_ms: float | None = None  # when the upstream call began
     upstream_first_chunk_ms: float | None = None  # when the upstream's first chunk was relayed
+    first_sentence_ms: float | None = None  # when the answer's first whole sentence had reached the caller
     upstream_attempts: int = 0  # more than 1 when a failure before the first chunk was retried, moved or hedged
     upstream: str | None = None  # the name of the upstream that answered
     hedged: bool = False  # a second upstream was asked too, because the first was slow to its first chunk
@@ -139,6 +140,7 @@ class RequestRecord:
     tool_calls: list[ToolCallDetails] = field(default_factory=list)  # the server's, in the order they ran
     conversation: str | None = None  # the memory's key for this conversation, when it has one
     history_repairs: dict[str, int] = field(default_factory=dict)  # what the repair changed before going upstream
+    speakable: bool = False  # the answer's text was made speakable (SPEAKABLE)
     key: str = ""  # unique: this server process and the record's number in it
     _start: float = field(default_factory=time.perf_counter, repr=False)
     _user_text: Callable[[str], str] = field(default=str, repr=False)  # LOG_USER_TEXT, for what the model wrote
@@ -205,6 +207,13 @@ class RequestRecord:
     def history_repaired(self, changes: dict[str, int]) -> None:
         self.history_repairs = changes
 
+    def first_sentence(self) -> None:
+        if self.first_sentence_ms is None:
+            self.first_sentence_ms = self.elapsed_ms()
+
+    def speaking(self, speakable: bool) -> None:
+        self.speakable = speakable
+
     def fail(self, status: int, message: str, code: str | None = None) -> None:
         self.status = status
         self.outcome = "error"
@@ -247,6 +256,7 @@ def describe(record: dict[str, Any]) -> str:
         f"status={record['status']}",
         f"outcome={record['outcome']}",
         f"first_chunk_ms={record['first_chunk_ms']}",
+        f"first_sentence_ms={record.get('first_sentence_ms')}",
         f"total_ms={record['total_ms']}",
         f"chunks={record['chunks']}",
         f"messages={record['messages']}",

@@ -409,4 +409,5 @@ def build_completions(
         waiting_message=WaitingMessageStage(settings.waiting_messages) if settings.rag_waiting_message else None,
         retrieval=RetrievalStage(retriever, settings.rag_template, request_log.text),
         server_tools=ServerToolsStage(tools, settings.server_tools, settings.tool_passes),
+        speakable=settings.speakable,
     )

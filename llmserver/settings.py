@@ -321,6 +321,13 @@ class Settings:
     embeddings_timeout: float = setting(
         2.0, "seconds to embed a query before falling back to lexical", env="EMBEDDINGS_TIMEOUT", parse=_SECONDS
     )
+    speakable: str = setting(
+        "auto",
+        "answers as a TTS engine should read them (no markdown; URLs and addresses as words): on, off, or auto (on "
+        "for voice platforms' requests)",
+        env="SPEAKABLE",
+        parse=_choice("auto", "on", "off"),
+    )
     rag_waiting_message: bool = setting(True, "send a waiting message first", env="RAG_WAITING_MESSAGE", parse=_bool)
     waiting_messages: tuple[str, ...] = setting(
         DEFAULT_WAITING_MESSAGES, "waiting messages, separated by '|'", env="RAG_WAITING_MESSAGES", parse=_messages

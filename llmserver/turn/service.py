@@ -2,7 +2,7 @@
 
     interrupted turns marked → memory splice → [waiting message] → [retrieve → augment] → the server's tools
     offered → the history repaired → relay or tool loop (streamed, or collected for `stream: false`), the exchange
-    remembered as the tools run
+    remembered as the tools run; the answer made speakable for voice platforms (speech.py), its first sentence timed
 
 The stages are composed per endpoint here, in one place (llmserver.endpoints says what each endpoint does): a new
 stage is one file and one line below. The audio endpoint plays its clip (llmserver.audio.responder).
@@ -18,6 +18,7 @@ from ..protocol.chat_request import ChatRequest
 from ..upstream.relay import Relay
 from .history import HistoryRepairStage, InterruptedTurnsStage
 from .model import AnswerSink, Caller, ChatTurn, Stage
+from .speech import SpokenAnswer, speakable_completion
 from .trace import TurnTrace
 
 
@@ -31,9 +32,12 @@ class CompletionService:
         waiting_message: Stage | None,
         retrieval: Stage,
         server_tools: Stage,
+        speakable: str = "auto",
     ) -> None:
+        """`speakable`: SPEAKABLE (on, off, or auto: for voice platforms' requests)."""
         self.relay = relay
         self.clips = clips
+        self.speakable = speakable
         self._stages: dict[str, list[Stage]] = {}
         for endpoint in ENDPOINTS:
             stages: list[Stage] = [InterruptedTurnsStage(), conversation]
@@ -55,7 +59,11 @@ class CompletionService:
         turn = ChatTurn(chat, endpoint, caller, sink, trace)
         for stage in self._stages[endpoint.name]:
             await stage(turn)
+        speakable = self.speakable == "on" or (self.speakable == "auto" and chat.platform is not None)
+        trace.speaking(speakable)
         if chat.stream:
-            await self.relay.stream(turn.body, caller.upstream_key, sink, trace, turn.tools)
+            spoken = SpokenAnswer(sink, trace, speakable)
+            await self.relay.stream(turn.body, caller.upstream_key, spoken, trace, turn.tools)
             return None
-        return await self.relay.complete(turn.body, caller.upstream_key, trace, turn.tools)
+        completion = await self.relay.complete(turn.body, caller.upstream_key, trace, turn.tools)
+        return speakable_completion(completion) if speakable else completion

@@ -16,5 +16,11 @@ class TurnTrace(RelayTrace, Protocol):
 
     def played(self, details: AudioDetails) -> None: ...
 
+    def first_sentence(self) -> None:
+        """The answer's first sentence is complete at the caller (what the engine's TTS waits for)."""
+
+    def speaking(self, speakable: bool) -> None:
+        """Whether the answer is made speakable (SPEAKABLE, and whether the caller is a voice platform)."""
+
     def history_repaired(self, changes: dict[str, int]) -> None:
         """The history was repaired before going upstream (llmserver.turn.history): what changed, counted."""

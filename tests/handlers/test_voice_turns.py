@@ -8,7 +8,7 @@ import pytest
 from fakes.client_shapes import agora_engine, elevenlabs, vapi
 from fakes.upstream import ScriptedTurn
 from llmserver.turn.history import CUT_OFF
-from tests.client import stream
+from tests.client import json_of, post, stream
 
 ENDPOINTS = ("/chat/completions", "/rag/chat/completions")
 CALL = {"id": "call_9", "type": "function", "function": {"name": "lookup_order", "arguments": '{"order": "A-17"}'}}
@@ -107,3 +107,51 @@ async def test_a_platform_that_adds_no_fields_is_named_by_a_header(http_server, 
     await stream(base_url, "/chat/completions", body, headers)
     record = last_record(services)
     assert record["platform"] == "deepgram" and record["conversation"] == 'anon:header:["dg-call-1"]'
+
+
+MARKDOWN = (
+    "## Opening hours\n**Monday** to *Friday*, see [our page](https://example.com/hours) or mail desk@example.com."
+)
+SPOKEN = "Opening hours\nMonday to Friday, see our page or mail desk at example dot com."
+
+
+def markdown_answer() -> ScriptedTurn:
+    """The model's markdown, streamed in three-character pieces."""
+    return ScriptedTurn(raw_deltas=[{"content": MARKDOWN[i : i + 3]} for i in range(0, len(MARKDOWN), 3)])
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.gen_test
+async def test_a_voice_platform_hears_the_markdown_as_words(http_server, base_url, fake_upstream, services, endpoint):
+    fake_upstream.script = [markdown_answer()]
+    result = await stream(base_url, endpoint, agora_engine("When are you open?"))
+    assert result.text.endswith(SPOKEN) and result.events[-1] == "[DONE]"
+    record = last_record(services)
+    assert record["speakable"] is True and record["first_sentence_ms"] >= record["upstream_first_chunk_ms"]
+    assert record["reply"] == MARKDOWN  # the record keeps what the model wrote
+
+
+@pytest.mark.gen_test
+async def test_a_plain_openai_client_gets_the_upstreams_bytes(http_server, base_url, fake_upstream, services):
+    fake_upstream.script = [markdown_answer()]
+    result = await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": "Open when?"}]})
+    assert result.text == MARKDOWN and last_record(services)["speakable"] is False
+
+
+@pytest.mark.settings(speakable="off")
+@pytest.mark.gen_test
+async def test_speakable_off_leaves_even_a_voice_platforms_text_alone(http_server, base_url, fake_upstream):
+    fake_upstream.script = [markdown_answer()]
+    result = await stream(base_url, "/chat/completions", vapi("When are you open?"))
+    assert result.text == MARKDOWN
+
+
+@pytest.mark.settings(speakable="on")
+@pytest.mark.gen_test
+async def test_speakable_on_makes_every_answer_speakable_streamed_or_not(http_server, base_url, fake_upstream):
+    fake_upstream.script = [markdown_answer()]
+    ask = {"messages": [{"role": "user", "content": "Open when?"}]}
+    assert (await stream(base_url, "/chat/completions", ask)).text == SPOKEN
+    fake_upstream.script = [ScriptedTurn(raw_message={"role": "assistant", "content": MARKDOWN})]
+    completion = json_of(await post(base_url, "/v1/chat/completions", {**ask, "stream": False}))
+    assert completion["choices"][0]["message"]["content"] == SPOKEN
