@@ -25,7 +25,7 @@ CASES = [
     ("> Note: quoted.\n---\nAfter the rule.", "Note: quoted.\n\nAfter the rule."),  # the rule: a pause
     ("| Plan | Price |\n|---|---|\n| Pro | $20 |", " Plan , Price \n\n Pro , $20 "),
     ("```python\nprint('hi')\n```\nDone.", "\nprint('hi')\n\nDone."),
-    ("**你好**，我是*助手*。请访问 https://www.sw.cn/docs 了解。", "你好，我是助手。请访问 sw dot cn slash docs 了解。"),
+    ("**你好**，我是*助手*。请看 https://www.sw.cn/docs 了解。", "你好，我是助手。请看 sw dot cn slash docs 了解。"),
     ("Plain text, 5 > 3 and a < b; 100% sure!", "Plain text, 5 > 3 and a < b; 100% sure!"),
     ("Line one<br>line two.", "Line oneline two."),
 ]  # fmt: skip
