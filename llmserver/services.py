@@ -388,6 +388,13 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
     )
 
 
+def waiting_message_stage(settings: Settings) -> WaitingMessageStage | None:
+    if settings.rag_waiting_message == "off":
+        return None
+    late = settings.rag_waiting_message == "late"
+    return WaitingMessageStage(settings.waiting_messages, settings.rag_waiting_delay_ms / 1000 if late else None)
+
+
 def build_completions(
     settings: Settings,
     upstreams: Router,
@@ -406,7 +413,7 @@ def build_completions(
         Relay(upstreams, policy),
         ClipResponder(audio_library, settings.audio_pace),
         conversation=ConversationStage(memory),
-        waiting_message=WaitingMessageStage(settings.waiting_messages) if settings.rag_waiting_message else None,
+        waiting_message=waiting_message_stage(settings),
         retrieval=RetrievalStage(retriever, settings.rag_template, request_log.text),
         server_tools=ServerToolsStage(tools, settings.server_tools, settings.tool_passes),
         speakable=settings.speakable,

@@ -19,6 +19,9 @@ DEFAULT_WAITING_MESSAGES = (
     "Let me think about that for a second...",
     "Good question, let me find out...",
     "One moment while I look that up...",
+    "zh:请稍等，我想一想……",
+    "zh:好问题，我查一下……",
+    "zh:稍等，我帮您看看……",
 )
 
 DEFAULT_RAG_TEMPLATE = (
@@ -118,6 +121,17 @@ def _hedge(value: str) -> str:
     if not math.isfinite(number) or number < 0 or number > 600_000:
         raise argparse.ArgumentTypeError(f"expected off, auto or a delay in milliseconds (0 to 600000), got {value!r}")
     return lowered
+
+
+def _waiting_mode(value: str) -> str:
+    """on (at once), off, or late (only when the answer is late)."""
+    lowered = value.strip().lower()
+    if lowered == "late":
+        return "late"
+    try:
+        return "on" if _bool(lowered) else "off"
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected true, false or late, got {value!r}") from None
 
 
 def _workers(value: str) -> int:
@@ -328,9 +342,23 @@ class Settings:
         env="SPEAKABLE",
         parse=_choice("auto", "on", "off"),
     )
-    rag_waiting_message: bool = setting(True, "send a waiting message first", env="RAG_WAITING_MESSAGE", parse=_bool)
+    rag_waiting_message: str = setting(
+        "on",
+        "say a waiting message at once (true), never (false), or only when the answer is late (late)",
+        env="RAG_WAITING_MESSAGE",
+        parse=_waiting_mode,
+    )
+    rag_waiting_delay_ms: float = setting(
+        700.0,
+        "with RAG_WAITING_MESSAGE=late: milliseconds without the answer's first words before the waiting message",
+        env="RAG_WAITING_DELAY_MS",
+        parse=_DELAY,
+    )
     waiting_messages: tuple[str, ...] = setting(
-        DEFAULT_WAITING_MESSAGES, "waiting messages, separated by '|'", env="RAG_WAITING_MESSAGES", parse=_messages
+        DEFAULT_WAITING_MESSAGES,
+        "waiting messages, separated by '|'; one in the caller's language is picked (tag them: 'zh:请稍等……')",
+        env="RAG_WAITING_MESSAGES",
+        parse=_messages,
     )
     rag_template: str = setting(DEFAULT_RAG_TEMPLATE, "the knowledge system message; {passages}", env="RAG_TEMPLATE")
     server_tools: tuple[str, ...] = setting(

@@ -32,6 +32,7 @@ class Tool:
     source: str  # "builtin", "webhook", "mcp:<server>"
     run: ToolFunction = field(repr=False, compare=False)
     timeout: float | None = None  # seconds; None: the registry's default
+    filler: dict[str, str] = field(default_factory=dict)  # said before it runs, by language (tools file)
 
     def openai(self) -> dict[str, Any]:
         """As OpenAI's `tools` list holds it."""

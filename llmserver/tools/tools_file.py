@@ -34,6 +34,17 @@ FILE_SCHEMA: dict[str, Any] = {
                     "method": {"enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
                     "headers": {"type": "object", "additionalProperties": {"type": "string"}},
                     "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+                    "filler": {
+                        "oneOf": [
+                            {"type": "string", "minLength": 1, "maxLength": 300},
+                            {
+                                "type": "object",
+                                "minProperties": 1,
+                                "propertyNames": {"pattern": "^[a-z]{2}$"},
+                                "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 300},
+                            },
+                        ]
+                    },
                 },
             },
         },
@@ -73,6 +84,7 @@ class WebhookConfig:
     method: str = "POST"
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None
+    filler: dict[str, str] = field(default_factory=dict)  # by language ("en" for an untagged one)
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,7 @@ def parse_tools(data: Any, where: str) -> ToolsConfig:
                 entry.get("method", "POST"),
                 _expand_all(entry.get("headers", {}), f"tool {entry['name']!r} headers"),
                 entry.get("timeout"),
+                {"en": entry["filler"]} if isinstance(entry.get("filler"), str) else dict(entry.get("filler", {})),
             )
         )
     servers = [

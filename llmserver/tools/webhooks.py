@@ -32,7 +32,7 @@ class WebhookTools:
     def configure(self, config: ToolsConfig) -> None:
         self._webhooks = config.webhooks
         self._tools = [  # made once per tools file, not per request
-            Tool(hook.name, hook.description, hook.parameters, "webhook", self._runner(hook), hook.timeout)
+            Tool(hook.name, hook.description, hook.parameters, "webhook", self._runner(hook), hook.timeout, hook.filler)
             for hook in self._webhooks
         ]
 

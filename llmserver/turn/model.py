@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -56,6 +57,8 @@ class ChatTurn:
     tools: ToolUse | None = None  # the server's tools offered, if any
     exchange_listeners: list[ExchangeListener] = field(default_factory=list)
     repairs: Repairs = field(default_factory=Repairs)
+    on_end: list[Callable[[], None]] = field(default_factory=list)  # run when the answer ends, however it ends
+    tasks: set[asyncio.Task] = field(default_factory=set)  # started by a stage; cancelled when the answer ends
 
     def __post_init__(self) -> None:
         if not self.body:
@@ -69,6 +72,19 @@ class ChatTurn:
     def opens_user_turn(self) -> bool:
         """The request asks something new (its last message is the user's); not a caller returning with results."""
         return self.chat.messages[-1].get("role") == "user"
+
+    def background(self, task: asyncio.Task) -> None:
+        """Keeps `task` until it is done; it is cancelled if the answer ends first."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def end(self) -> None:
+        for callback in self.on_end:
+            callback()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks))
 
     def exchanged(self, messages: list[dict[str, Any]], outcomes: list[ToolOutcome]) -> None:
         for listener in self.exchange_listeners:

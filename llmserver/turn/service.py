@@ -57,13 +57,16 @@ class CompletionService:
         if endpoint.plays_clip:
             return await self.clips.answer(chat, sink, trace)
         turn = ChatTurn(chat, endpoint, caller, sink, trace)
-        for stage in self._stages[endpoint.name]:
-            await stage(turn)
-        speakable = self.speakable == "on" or (self.speakable == "auto" and chat.platform is not None)
-        trace.speaking(speakable)
-        if chat.stream:
-            spoken = SpokenAnswer(sink, trace, speakable)
-            await self.relay.stream(turn.body, caller.upstream_key, spoken, trace, turn.tools)
-            return None
-        completion = await self.relay.complete(turn.body, caller.upstream_key, trace, turn.tools)
-        return speakable_completion(completion) if speakable else completion
+        try:
+            for stage in self._stages[endpoint.name]:
+                await stage(turn)
+            speakable = self.speakable == "on" or (self.speakable == "auto" and chat.platform is not None)
+            trace.speaking(speakable)
+            if chat.stream:
+                spoken = SpokenAnswer(sink, trace, speakable)
+                await self.relay.stream(turn.body, caller.upstream_key, spoken, trace, turn.tools)
+                return None
+            completion = await self.relay.complete(turn.body, caller.upstream_key, trace, turn.tools)
+            return speakable_completion(completion) if speakable else completion
+        finally:
+            await turn.end()

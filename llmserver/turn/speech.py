@@ -324,7 +324,6 @@ class SpeakableChoices:
         return [(index, said) for index, text in self._texts.items() if (said := text.finish())]
 
 
-
 # The end of a sentence as a TTS engine's segmenter sees it: . ! ? ; … then a space or a line's end; a CJK full stop,
 # question or exclamation mark, wherever it is; a new line.
 _SENTENCE_END = re.compile(r"[.!?;…](?=\s)|[。！？；]|\n")

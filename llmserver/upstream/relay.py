@@ -194,20 +194,31 @@ class Relay:
                 raise
             finally:
                 await opened.aclose()
-            exchange = await self._run_server_calls(tools, calls, last, sink, trace, number)
+            exchange = await self._run_server_calls(tools, calls, last, sink, trace, number, answer)
             if exchange is None:
                 break
             messages += exchange
         await answer.finish(body, calls, sink, trace)
 
     async def _run_server_calls(
-        self, tools: ToolUse, calls: PassCalls, last: bool, sink: ChunkSink, trace: RelayTrace, number: int
+        self,
+        tools: ToolUse,
+        calls: PassCalls,
+        last: bool,
+        sink: ChunkSink,
+        trace: RelayTrace,
+        number: int,
+        answer: _Answer,
     ) -> list[dict[str, Any]] | None:
         """After a pass: runs the server's calls (not on the last pass) and returns the messages the next pass
-        adds, or None when the answer ends with this pass (no server calls, or the caller's calls to hand over)."""
+        adds, or None when the answer ends with this pass (no server calls, or the caller's calls to hand over).
+        A tool's filler is said first when the model said nothing before calling it."""
         server_calls, caller_calls = calls.server_calls(), calls.caller_calls()
         if not server_calls or last:
             return None
+        filler = None if calls.joined_text.strip() else tools.filler(server_calls)
+        if filler:
+            await answer.say(filler, number, sink, trace)
         ended = asyncio.get_running_loop().time()
         running = tools.registry.run_calls([call.as_tool_call() for call in server_calls], tools.tools)
         outcomes = await self._keep_alive(sink, running)
@@ -271,6 +282,19 @@ class _Answer:
             rewritten = {**data, **self.envelope, "choices": [{**choice, "delta": shown, "finish_reason": None}]}
             rewritten.pop("usage", None)
             await sink.send_chunk(rewritten)
+
+    async def say(self, text: str, number: int, sink: ChunkSink, trace: RelayTrace) -> None:
+        """The server's own words in the answer (a tool's filler), as a chunk of it."""
+        separator = pass_separator(self.said, text) if self.spoke_in and self.spoke_in != number else ""
+        delta: dict[str, Any] = {"content": separator + text}
+        if not self.role_sent:
+            delta = {"role": "assistant", **delta}
+            self.role_sent = True
+        envelope = self.envelope or {"id": None, "created": None, "model": None}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        self.spoke_in, self.said = number, text[-1:]
+        trace.said(delta["content"])
+        await sink.send_chunk({"object": "chat.completion.chunk", **envelope, "choices": [choice]})
 
     async def finish(self, body: dict[str, Any], calls: PassCalls, sink: ChunkSink, trace: RelayTrace) -> None:
         envelope = self.envelope

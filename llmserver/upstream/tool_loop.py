@@ -35,6 +35,16 @@ class ToolUse:
     registry: ToolRegistry
     max_passes: int
     on_exchange: ExchangeListener = lambda messages, outcomes: None
+    language: str = "en"  # the caller's, for a tool's filler
+
+    def filler(self, calls: Sequence[_Call]) -> str | None:
+        """What to say before the server's `calls` run, when the model said nothing first: the first of them that
+        has a filler, in the caller's language (else English, else any)."""
+        for call in calls:
+            tool = self.tools.get(call.name)
+            if tool is not None and tool.filler:
+                return tool.filler.get(self.language) or tool.filler.get("en") or next(iter(tool.filler.values()))
+        return None
 
     def pass_calls(self, body: dict[str, Any]) -> PassCalls:
         return PassCalls(set(self.tools), tool_names(body.get("tools")))

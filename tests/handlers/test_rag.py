@@ -60,7 +60,7 @@ async def test_failures_before_the_first_upstream_chunk_are_retried_after_the_wa
     assert waiting["id"] == WAITING_MESSAGE_ID and error["error"]["code"] == "upstream_error" and done == "[DONE]"
 
 
-@pytest.mark.settings(upstream_retries=2, rag_waiting_message=False)
+@pytest.mark.settings(upstream_retries=2, rag_waiting_message="off")
 @pytest.mark.gen_test
 async def test_without_a_waiting_message_failures_are_retried_before_the_first_byte(
     http_server, base_url, fake_upstream
@@ -132,7 +132,7 @@ async def test_non_streaming_has_no_waiting_message_and_is_augmented(http_server
     assert fake_upstream.last.body["messages"][0]["role"] == "system"
 
 
-@pytest.mark.settings(rag_waiting_message=False)
+@pytest.mark.settings(rag_waiting_message="off")
 @pytest.mark.gen_test
 async def test_waiting_message_can_be_turned_off(http_server, base_url):
     result = await stream(base_url, "/rag/chat/completions", {"messages": [QUESTION]})

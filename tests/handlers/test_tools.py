@@ -26,6 +26,7 @@ from tornado.httpclient import AsyncHTTPClient
 from fakes.mcp_server import STDIO_COMMAND, serving_http
 from fakes.redis_server import free_port
 from fakes.upstream import ScriptedTurn
+from llmserver.tools.tools_file import ToolsFileError, load_tools_file
 from tests.client import RawClient, eventually, json_of, post, stream
 from tests.handlers.admin_client import bearer
 
@@ -533,6 +534,37 @@ async def test_an_mcp_tools_error_quoting_huge_arguments_is_bounded_in_the_recor
     assert "xxx" in error and len(error) <= 201
     message = json.loads(fake_upstream.requests[1].body["messages"][-1]["content"])["error"]
     assert "xxx" in message and len(message) <= 4001
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_tools_filler_is_said_before_it_runs_in_the_callers_language(
+    settings, webhooks, http_server, base_url, fake_upstream, services
+):
+    base, _ = webhooks
+    filler = {"en": "Let me check your booking.", "zh": "我帮您查一下预订。"}
+    Path(settings.tools_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(settings.tools_path).write_text(json.dumps({"tools": [webhook_tool("book_table", f"{base}/book",
+                                                                            filler=filler)]}))  # fmt: skip
+    await services.reload_tools()
+    for question, said in (
+        ("Is my table booked?", "Let me check your booking. Booked."),
+        ("订好了吗？", "我帮您查一下预订。Booked."),
+    ):
+        fake_upstream.script = [ScriptedTurn("", [("book_table", {"people": 2})]), ScriptedTurn("Booked.")]
+        result = await stream(base_url, "/chat/completions", {"messages": [{"role": "user", "content": question}]})
+        assert result.text == said
+    # The model said something itself first: no filler.
+    fake_upstream.script = [ScriptedTurn("One moment.", [("book_table", {"people": 2})]), ScriptedTurn("Booked.")]
+    result = await stream(base_url, "/chat/completions", {"messages": [USER]})
+    assert result.text == "One moment. Booked."
+
+
+def test_a_filler_that_is_not_text_refuses_the_tools_file(tmp_path):
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps({"tools": [webhook_tool("t", "http://h/x", filler={"english": "hi"})]}))
+    with pytest.raises(ToolsFileError) as raised:
+        load_tools_file(str(path))
+    assert "filler" in str(raised.value)
 
 
 # Memory -------------------------------------------------------------------------------------------------------------

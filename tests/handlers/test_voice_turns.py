@@ -155,3 +155,22 @@ async def test_speakable_on_makes_every_answer_speakable_streamed_or_not(http_se
     fake_upstream.script = [ScriptedTurn(raw_message={"role": "assistant", "content": MARKDOWN})]
     completion = json_of(await post(base_url, "/v1/chat/completions", {**ask, "stream": False}))
     assert completion["choices"][0]["message"]["content"] == SPOKEN
+
+
+@pytest.mark.gen_test
+async def test_a_chinese_caller_hears_a_chinese_waiting_message(http_server, base_url, fake_upstream):
+    result = await stream(base_url, "/rag/chat/completions", agora_engine("怎么连接声网的对话式AI引擎？"))
+    waiting = result.chunks[0]["choices"][0]["delta"]["content"]
+    assert any("\u4e00" <= character <= "\u9fff" for character in waiting), waiting
+    english = await stream(base_url, "/rag/chat/completions", agora_engine("How do I connect Agora?"))
+    assert english.chunks[0]["choices"][0]["delta"]["content"].isascii()
+
+
+@pytest.mark.settings(rag_waiting_message="late", rag_waiting_delay_ms=300)
+@pytest.mark.gen_test
+async def test_a_late_waiting_message_is_said_only_when_the_answer_is_late(http_server, base_url, fake_upstream):
+    quick = await stream(base_url, "/rag/chat/completions", agora_engine("How do I connect Agora?"))
+    assert quick.chunks[0]["id"] != "waiting_msg" and "word0" in quick.text  # the answer came first: no message
+    fake_upstream.behaviour.first_chunk_delay = 1.0
+    late = await stream(base_url, "/rag/chat/completions", agora_engine("How do I connect Agora?"))
+    assert late.chunks[0]["id"] == "waiting_msg" and late.text.endswith("word4 ")
