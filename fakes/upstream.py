@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import json
 import random
@@ -208,6 +209,18 @@ def openai_refusal(body: dict[str, Any]) -> str | None:
     return None
 
 
+def _shared_prefix(one: str, other: str) -> int:
+    """The length of the text the two start with (a binary search over their prefixes)."""
+    low, high = 0, min(len(one), len(other))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if one[:middle] == other[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def _tool_call_deltas() -> list[dict]:
     arguments = ['{"city"', ': "Par', 'is"}']
     first = {"index": 0, "id": "call_fake1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
@@ -271,6 +284,7 @@ class ChatHandler(_FakeHandler):
             fake.refusals.append(refusal)
             return self._error(Behaviour(status=400, error_message=refusal))
         model = body.get("model", "fake-model")
+        cached = fake.cached_tokens(body.get("messages"))
         completion_id = f"chatcmpl-fake{len(fake.requests)}"
         created = int(time.time())
         scripted = fake.script.pop(0) if fake.script else None
@@ -283,6 +297,7 @@ class ChatHandler(_FakeHandler):
             if scripted is not None:
                 message = scripted.message(len(fake.requests))
             usage = {"prompt_tokens": 3, "completion_tokens": behaviour.words, "total_tokens": 3 + behaviour.words}
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
             finish = "tool_calls" if message.get("tool_calls") else "stop"
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             self.set_header("Content-Type", "application/json")
@@ -325,6 +340,7 @@ class ChatHandler(_FakeHandler):
         events.append(json.dumps(_chunk(completion_id, created, model, {}, finish)))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": 3, "completion_tokens": len(deltas), "total_tokens": 3 + len(deltas)}
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
             usage_chunk = _chunk(completion_id, created, model, {})
             usage_chunk["choices"] = []
             usage_chunk["usage"] = usage
@@ -372,6 +388,7 @@ class FakeUpstream:
         # without calls and empty assistant turns (what it refused is kept in `refusals`).
         self.strict = False
         self.refusals: list[str] = []
+        self._prompts: collections.deque[str] = collections.deque(maxlen=16)  # for the prompt cache
         self.script: list[ScriptedTurn] = []  # the next answers, one per chat request, before the words
         self.call_tool: str | None = None  # a tool every request calls before the words (the benchmark's two passes)
         app = tornado.web.Application(
@@ -387,6 +404,14 @@ class FakeUpstream:
         self.faults = 0.0
         self.fault_random = random.Random(0)
         self.on_chat_request: Callable[[dict[str, Any], str | None], None] | None = None
+
+    def cached_tokens(self, messages: Any) -> int:
+        """As OpenAI's prompt cache counts them: the longest prefix this prompt shares with a recent one, if it is
+        1,024 tokens or more, in steps of 128 (a token taken as four characters of the messages' JSON)."""
+        prompt = json.dumps(messages, ensure_ascii=False)
+        shared = max((_shared_prefix(prompt, earlier) for earlier in self._prompts), default=0) // 4
+        self._prompts.append(prompt)
+        return 0 if shared < 1024 else shared - shared % 128
 
     def behaviour_for(self, body: dict[str, Any]) -> Behaviour:
         """The behaviour of one chat request: the shared one, or (see `faults`) a copy of it with a fault."""

@@ -48,6 +48,12 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             **registry,
         )
+        self.tokens = Counter(
+            "llm_tokens_total",
+            "Tokens the upstreams counted, by endpoint and kind: prompt, cached (of the prompt), completion.",
+            ["endpoint", "kind"],
+            **registry,
+        )
         self.in_flight = Gauge(
             "llm_streams_in_flight", "Completion requests being answered now.", multiprocess_mode="livesum", **registry
         )
@@ -84,6 +90,10 @@ class Metrics:
             first_chunk.observe(record["first_chunk_ms"] / 1000)
         if record["total_ms"] is not None:
             duration.observe(record["total_ms"] / 1000)
+        for kind in ("prompt", "cached", "completion"):
+            count = record.get(f"{kind}_tokens")
+            if count:
+                self.tokens.labels(endpoint, kind).inc(count)
         if record.get("first_sentence_ms") is not None:
             self.first_sentence.labels(endpoint).observe(record["first_sentence_ms"] / 1000)
         code = record.get("error_code") or ""

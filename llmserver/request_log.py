@@ -41,6 +41,11 @@ def safe_text(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _count(value: Any) -> int | None:
+    """A token count as an upstream wrote it, if it is one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12 else None
+
+
 def bounded_value(value: Any, depth: int = MAX_FIELD_DEPTH) -> Any:
     """A copy of a JSON value with safe, short strings and nothing nested deeper than `depth` (deeper parts
     become "…")."""
@@ -131,6 +136,9 @@ class RequestRecord:
     attempts: list[AttemptDetails] = field(default_factory=list)  # each upstream request, in the order they ended
     total_ms: float | None = None
     chunks: int = 0
+    prompt_tokens: int | None = None  # as the upstream counted them
+    cached_tokens: int | None = None  # of the prompt, read from the upstream's cache (prompt_tokens_details)
+    completion_tokens: int | None = None
     error: str | None = None
     error_code: str | None = None
     retrieval: RetrievalDetails | None = None  # the RAG endpoint's
@@ -174,6 +182,14 @@ class RequestRecord:
 
     def said(self, text: str) -> None:
         self.add_reply(text)
+
+    def used(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        self.prompt_tokens = _count(usage.get("prompt_tokens"))
+        self.completion_tokens = _count(usage.get("completion_tokens"))
+        details = usage.get("prompt_tokens_details")
+        self.cached_tokens = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
 
     def pass_began(self) -> int:
         self.passes += 1

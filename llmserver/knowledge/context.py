@@ -1,5 +1,7 @@
 """What the RAG endpoint adds to a request: the waiting message first, then the chosen passages as one system
-message. The passages' format is defined here, and read back here for the offline responder."""
+message, placed just before the user's last turn so that everything before it (the system messages, the history)
+stays byte for byte what it was at the previous turn: the prefix upstreams cache (OpenAI caches prompt prefixes of
+1,024 tokens and more). The passages' format is defined here, and read back here for the offline responder."""
 
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ def parse_passages(text: str) -> list[ContextPassage]:
 
 
 def augment(body: dict[str, Any], passages: Sequence[Passage], template: str) -> dict[str, Any]:
-    """A copy of `body` with one system message holding the passages, after the request's own system messages.
+    """A copy of `body` with one system message holding the passages, just before the user's last turn (after the
+    request's own system messages when that is all there is before it).
 
     The user's messages are not changed; with no passages the body is returned as it is.
     """
@@ -60,8 +63,6 @@ def augment(body: dict[str, Any], passages: Sequence[Passage], template: str) ->
         return body
     context = {"role": "system", "content": template.replace("{passages}", format_passages(passages))}
     messages = list(body["messages"])
-    position = 0
-    while position < len(messages) and messages[position].get("role") in ("system", "developer"):
-        position += 1
+    position = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
     messages.insert(position, context)
     return {**body, "messages": messages}

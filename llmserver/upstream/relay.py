@@ -78,20 +78,27 @@ class Relay:
         trace: RelayTrace,
         tools: ToolUse | None = None,
     ) -> None:
-        """Streams the upstream's chunks to `sink` as they come, then [DONE]; with `tools`, the tool loop."""
+        """Streams the upstream's chunks to `sink` as they come, then [DONE]; with `tools`, the tool loop. The usage
+        is always asked of the upstream (the record keeps it: prompt tokens, cached ones); its chunk reaches a caller
+        who asked for it."""
         trace.upstream_called()
         if tools is not None:
             await self._passes(body, api_key, sink, trace, tools)
             return
-        opened = await self._open(body, api_key, sink, trace)
+        wanted = include_usage(body)
+        opened = await self._open(body if wanted else with_usage(body), api_key, sink, trace)
         try:
-            first = opened.first
-            if first is not None:
-                await sink.send_chunk(first.data, first.raw)
-                _say(trace, first.data)
-                async for chunk in opened.chunks:
-                    await sink.send_chunk(chunk.data, chunk.raw)
-                    _say(trace, chunk.data)
+            chunk = opened.first
+            while chunk is not None:
+                data = chunk.data
+                if "usage" in data and not data.get("choices"):
+                    trace.used(data["usage"])
+                    if not wanted:
+                        chunk = await anext(opened.chunks, None)
+                        continue
+                await sink.send_chunk(data, chunk.raw)
+                _say(trace, data)
+                chunk = await anext(opened.chunks, None)
             await sink.done()
         except UpstreamError as error:
             opened.broke(error)
@@ -137,6 +144,7 @@ class Relay:
 
     async def _complete_once(self, body: dict[str, Any], api_key: str | None, trace: RelayTrace) -> dict[str, Any]:
         completion = await self.router.complete(body, api_key, trace)
+        trace.used(completion.get("usage"))
         message = (completion.get("choices") or [{}])[0].get("message")
         if isinstance(message, dict) and isinstance(message.get("content"), str):
             trace.said(message["content"])
@@ -179,6 +187,8 @@ class Relay:
         server's calls run between passes, then one finish chunk, the usage summed, and [DONE]."""
         messages = list(body["messages"])
         answer = _Answer()
+        asked = body  # what the caller asked for (its usage chunk, or none)
+        body = with_usage(body)
         while True:
             number = trace.pass_began()
             last = number >= tools.max_passes
@@ -198,7 +208,7 @@ class Relay:
             if exchange is None:
                 break
             messages += exchange
-        await answer.finish(body, calls, sink, trace)
+        await answer.finish(asked, calls, sink, trace)
 
     async def _run_server_calls(
         self,
@@ -230,6 +240,14 @@ class Relay:
             return None  # a mixed turn: the server's part is remembered, the caller's calls end the answer
         trace.pass_gap((asyncio.get_running_loop().time() - ended) * 1000)
         return exchange
+
+
+def with_usage(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` asking the upstream for the usage chunk (the caller's other stream options kept)."""
+    if include_usage(body):
+        return body
+    options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+    return {**body, "stream_options": {**options, "include_usage": True}}
 
 
 def _say(trace: RelayTrace, data: dict[str, Any]) -> None:
@@ -297,6 +315,7 @@ class _Answer:
         await sink.send_chunk({"object": "chat.completion.chunk", **envelope, "choices": [choice]})
 
     async def finish(self, body: dict[str, Any], calls: PassCalls, sink: ChunkSink, trace: RelayTrace) -> None:
+        trace.used(self.usage)
         envelope = self.envelope
         factory = ChunkFactory(
             str(envelope["model"] if envelope else body.get("model", "")), str(envelope["id"] if envelope else "")

@@ -7,7 +7,7 @@ in one place and each thing is counted once.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..tools.registry import ToolOutcome
 
@@ -33,6 +33,9 @@ class RelayTrace(Protocol):
 
     def said(self, text: str) -> None:
         """Text of the answer, as the caller got it."""
+
+    def used(self, usage: Any) -> None:
+        """The answer's usage, as the upstream counted it (summed over the tool loop's passes); may be None."""
 
     def pass_began(self) -> int:
         """A pass of the tool loop began; returns its number, from 1."""

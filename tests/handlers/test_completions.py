@@ -97,7 +97,9 @@ async def test_body_is_forwarded_unchanged_except_engine_fields(http_server, bas
         for name in ("turn_id", "timestamp", "metadata"):
             message.pop(name, None)
     expected["stream"] = True
+    expected["stream_options"] = {"include_usage": True}  # asked always: the record keeps the usage
     assert sent == expected
+    assert not [chunk for chunk in result.chunks if "usage" in chunk]  # the caller did not ask for it
     record = services.request_log.recent()[-1]
     assert record["turn_id"] == 4
     assert record["engine_fields"]["context"] == {"presence": {"u": "online"}, "channel": "c1"}
@@ -235,13 +237,14 @@ async def test_null_optional_parameters_are_accepted_and_passed_on(http_server, 
         "tool_choice",
         "response_format",
         "parallel_tool_calls",
-        "stream_options",
         "logprobs",
     ]
-    body = {"model": "m", "messages": [USER], "stream": True, **{name: value for name in nullable}}
+    body = {"model": "m", "messages": [USER], "stream": True, "stream_options": None}
+    body.update({name: value for name in nullable})
     result = await stream(base_url, "/chat/completions", body)
     assert result.response.code == 200
     assert all(fake_upstream.last.body[name] is None for name in nullable)
+    assert fake_upstream.last.body["stream_options"] == {"include_usage": True}  # the server's own question
     no_model = await stream(base_url, "/chat/completions", {"model": None, "messages": [USER]})
     assert no_model.response.code == 200 and fake_upstream.last.body["model"] == "gpt-4o-mini"
 

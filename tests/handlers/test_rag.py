@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from fakes.upstream import ScriptedTurn
 from llmserver.knowledge.context import WAITING_MESSAGE_ID
@@ -71,7 +72,30 @@ async def test_without_a_waiting_message_failures_are_retried_before_the_first_b
 
 
 @pytest.mark.gen_test
-async def test_retrieved_passages_go_upstream_after_the_requests_system_messages(http_server, base_url, fake_upstream):
+async def test_the_prompt_before_the_users_last_turn_is_the_same_from_turn_to_turn_and_cached(
+    http_server, base_url, fake_upstream, services
+):
+    # A long conversation: the system message and the history are what upstreams cache (1,024 tokens and more).
+    history = [SYSTEM]
+    for number in range(12):
+        history += [
+            {"role": "user", "content": f"Question {number} about the opening hours of the museum and its cafe?"},
+            {"role": "assistant", "content": f"Answer {number}: " + "the museum opens at nine, the cafe at ten. " * 8},
+        ]
+    first = [*history, QUESTION]
+    await stream(base_url, "/rag/chat/completions", {"stream_options": {"include_usage": True}, "messages": first})
+    following = [*first, {"role": "assistant", "content": "Set it as the LLM URL."},
+                 {"role": "user", "content": "How do I upload a knowledge document?"}]  # fmt: skip
+    result = await stream(base_url, "/rag/chat/completions", {"messages": following})
+    cached = services.request_log.recent()[-1]["cached_tokens"]
+    assert cached >= 1024  # the passages used to come first, after the system message: nothing but it was shared
+    assert not [chunk for chunk in result.chunks if "usage" in chunk]  # asked of the upstream, not sent on
+    metrics = (await AsyncHTTPClient().fetch(base_url + "/metrics")).body.decode()
+    assert f'llm_tokens_total{{endpoint="rag",kind="cached"}} {float(cached)}' in metrics
+
+
+@pytest.mark.gen_test
+async def test_retrieved_passages_go_upstream_just_before_the_users_last_turn(http_server, base_url, fake_upstream):
     developer = {"role": "developer", "content": "Answer in one sentence."}
     history = [
         SYSTEM,
@@ -82,8 +106,8 @@ async def test_retrieved_passages_go_upstream_after_the_requests_system_messages
     ]
     await stream(base_url, "/rag/chat/completions", {"messages": history})
     sent = fake_upstream.last.body["messages"]
-    assert sent[:2] == [SYSTEM, developer] and sent[3:] == history[2:]
-    context = sent[2]
+    assert sent[:4] == history[:4] and sent[5:] == history[4:]  # all before it as it came: the cached prefix
+    context = sent[4]
     assert context["role"] == "system"
     assert "Connecting Agora's Conversational AI engine" in context["content"]
     assert "say that you do not know" in context["content"]

@@ -88,9 +88,14 @@ async def test_two_workers_serve_one_port_and_share_the_state(tmp_path, redis_se
         for n in range(6):
             result = await stream(url, "/chat/completions", {"messages": [{"role": "user", "content": f"n{n}"}]})
             assert result.events[-1] == "[DONE]"
-        metrics = (await AsyncHTTPClient().fetch(url + "/metrics")).body.decode()
-        counted = re.findall(r'^llm_requests_total\{endpoint="chat",outcome="ok"\} (\S+)$', metrics, re.M)
-        assert [float(value) for value in counted] == [6.0], metrics[:2000]
+
+        async def counted_in_metrics() -> bool:
+            # A request is counted as its handler ends, a moment after the client has its [DONE].
+            metrics = (await AsyncHTTPClient().fetch(url + "/metrics")).body.decode()
+            counted = re.findall(r'^llm_requests_total\{endpoint="chat",outcome="ok"\} (\S+)$', metrics, re.M)
+            return [float(value) for value in counted] == [6.0]
+
+        await eventually(counted_in_metrics, what="the six requests counted once each, across both workers")
         head = await AsyncHTTPClient().fetch(url + "/readyz", method="HEAD")
         assert head.code == 200 and head.body == b""
         assert first != second
