@@ -51,7 +51,8 @@ CREATE INDEX IF NOT EXISTS requests_by_outcome ON requests (outcome, started_at)
 def summary(record: dict[str, Any]) -> dict[str, Any]:
     """What a page of history shows of a record (the whole record is one more request away)."""
     keys = ("key", "request_id", "instance", "started_at", "endpoint", "model", "status", "outcome", "first_chunk_ms",
-            "total_ms", "chunks", "last_user_message", "error", "passes", "upstream", "hedged")  # fmt: skip
+            "first_sentence_ms", "total_ms", "chunks", "last_user_message", "error", "passes", "upstream", "hedged",
+            "platform")  # fmt: skip
     return {key: record.get(key) for key in keys}
 
 

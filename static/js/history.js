@@ -39,7 +39,8 @@ function rowFor(record) {
   row.dataset.key = record.key;
   const cells = [
     new Date(record.started_at * 1000).toLocaleString(), record.instance || "", record.endpoint, record.model || "",
-    record.last_user_message || "", record.outcome, ms(record.first_chunk_ms), ms(record.total_ms), record.chunks,
+    record.last_user_message || "", record.outcome, ms(record.first_chunk_ms), ms(record.first_sentence_ms),
+    ms(record.total_ms), record.chunks,
   ];
   for (const value of cells) row.appendChild(element("td", value));
   row.children[5].className = record.outcome;
@@ -167,9 +168,14 @@ function renderRecord(record) {
     : element("p", textUnlogged ? UNLOGGED : "No text.", "hint")));
   parts.push(section("Timings", definitions([
     ["First chunk", ms(record.first_chunk_ms)],
+    ["First sentence", ms(record.first_sentence_ms)],
     ["Upstream called", ms(record.upstream_called_ms)],
     ["Upstream's first chunk", ms(record.upstream_first_chunk_ms)],
     ["Total", ms(record.total_ms)],
+    ["Tokens", record.prompt_tokens === null || record.prompt_tokens === undefined ? ""
+      : `${record.prompt_tokens} prompt (${record.cached_tokens || 0} cached), ${record.completion_tokens} completion`],
+    ["Voice platform", record.platform ? `${record.platform}${record.speakable ? " (speakable text)" : ""}` : ""],
+    ["History repaired", Object.entries(record.history_repairs || {}).map(([what, n]) => `${what.replaceAll("_", " ")}: ${n}`).join(", ")],
     ["Upstream", record.upstream ? `${record.upstream}${record.hedged ? " (hedged)" : ""}` : ""],
     ["Upstream attempts", record.upstream_attempts > 1 || record.hedged
       ? (record.attempts || []).map((a) => `${a.upstream} ${a.outcome}${a.code ? ` (${a.code})` : ""} ${ms(a.ms)}`).join(" · ")

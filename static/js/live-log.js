@@ -51,7 +51,8 @@ function rowFor(record) {
   const time = new Date(record.started_at * 1000).toLocaleTimeString();
   const cells = [
     time, record.instance || "", record.endpoint, record.model || "", record.last_user_message, record.outcome,
-    ms(record.first_chunk_ms), ms(record.total_ms), record.chunks, retrievalOrClip(record),
+    ms(record.first_chunk_ms), ms(record.first_sentence_ms), ms(record.total_ms), record.chunks,
+    retrievalOrClip(record),
   ];
   for (const value of cells) row.appendChild(element("td", value));
   row.children[5].className = record.outcome;

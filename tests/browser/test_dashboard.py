@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -508,3 +509,24 @@ def test_the_header_shows_each_upstreams_health_and_the_history_which_one_answer
             expect(timings).to_contain_text("backup")
             expect(timings).to_contain_text("primary failed (upstream_unreachable)")
         context.close()
+
+
+def test_a_voice_request_shows_its_first_sentence_and_platform(page: Page, server_url: str):
+    expect(page.locator("#socket-state")).to_have_text("live")
+    with openai.OpenAI(base_url=f"{server_url}/v1", api_key="not-needed-offline", max_retries=0) as client:
+        chunks = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "A voice caller asks a question."}],
+            stream=True,
+            extra_body={"turn_id": 7, "context": {"appId": "app", "userId": "7", "channel": "voice"}},
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    row = page.locator("#log-rows tr", has_text="A voice caller asks a question.")
+    expect(row).to_be_visible()
+    expect(row.locator("td").nth(7)).to_have_text(re.compile(r"\d+(\.\d+)? ms"))  # the first sentence
+    page.click("#tab-history")
+    page.fill("#history-filters [name=q]", "A voice caller asks")
+    page.click("#history-filters button[type=submit]")
+    expect(page.locator("#history-rows tr")).to_have_count(1)
+    page.locator("#history-rows tr").click()
+    expect(page.locator("#history-detail-body")).to_contain_text("agora (speakable text)")
