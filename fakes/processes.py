@@ -114,6 +114,7 @@ def fake_upstream(
     call_tool: str | None = None,
     stall_every: int = 0,
     stall_seconds: float = 0.0,
+    reply: str | None = None,
 ) -> Iterator[int]:
     """`python -m fakes.upstream` (see its --help); yields its port."""
     pacing = ["--first-chunk-delay", str(first_chunk_delay), "--chunk-delay", str(chunk_delay)]
@@ -121,6 +122,8 @@ def fake_upstream(
         pacing += ["--call-tool", call_tool]
     if stall_every:
         pacing += ["--stall-every", str(stall_every), "--stall-seconds", str(stall_seconds)]
+    if reply is not None:
+        pacing += ["--reply", reply]
     with tempfile.NamedTemporaryFile(prefix="bench-upstream-", suffix=".out") as out:
         process, port = start_module("fakes.upstream", ["--words", str(words), *pacing], out.name)
         try:

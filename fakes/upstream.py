@@ -331,6 +331,8 @@ class ChatHandler(_FakeHandler):
             deltas = scripted.deltas(len(fake.requests))
         elif behaviour.tool_call:
             deltas = _tool_call_deltas()
+        elif fake.reply is not None:
+            deltas = [{"content": fake.reply[i : i + 3]} for i in range(0, len(fake.reply), 3)]
         else:
             deltas = [{"content": w} for w in _words(behaviour.words)]
         deltas[0] = {"role": "assistant", **deltas[0]}
@@ -391,6 +393,7 @@ class FakeUpstream:
         self._prompts: collections.deque[str] = collections.deque(maxlen=16)  # for the prompt cache
         self.script: list[ScriptedTurn] = []  # the next answers, one per chat request, before the words
         self.call_tool: str | None = None  # a tool every request calls before the words (the benchmark's two passes)
+        self.reply: str | None = None  # streamed in three-character pieces instead of the words (the benchmark's)
         app = tornado.web.Application(
             [
                 (r"/v1/chat/completions", ChatHandler, {"fake": self}),
@@ -460,6 +463,7 @@ async def _main() -> None:
     parser.add_argument("--fault-seed", type=int, default=0, help="seeds the choice of faults")
     parser.add_argument("--call-tool", help="a tool each request calls first (answers follow its result)")
     parser.add_argument("--stall-every", type=int, default=0, help="every Nth chat request stalls first")
+    parser.add_argument("--reply", help="a text to stream, in three-character pieces, instead of the words")
     parser.add_argument("--stall-seconds", type=float, default=0.0, help="how long such a request stalls")
     args = parser.parse_args()
     if not 0.0 <= args.faults <= 1.0:
@@ -475,6 +479,7 @@ async def _main() -> None:
     fake.behaviour.first_chunk_delay = args.first_chunk_delay
     fake.behaviour.chunk_delay = args.chunk_delay
     fake.call_tool = args.call_tool
+    fake.reply = args.reply
     fake.behaviour.stall_every = args.stall_every
     fake.behaviour.stall_seconds = args.stall_seconds
     if args.port:
