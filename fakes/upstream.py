@@ -248,11 +248,24 @@ class _FakeHandler(tornado.web.RequestHandler):
             # it next tries to use it.
             asyncio.get_running_loop().call_soon(self.request.connection.stream.close)
 
-    async def _before_headers(self, behaviour: Behaviour) -> None:
+    async def _pause(self, seconds: float | None) -> bool:
+        """Waits `seconds` (None: for ever); False when the client left meanwhile: a real server stops generating
+        then, and a handler still asleep when the test ends would be cancelled mid-response."""
+        if self.received is None:
+            await asyncio.sleep(seconds or 0)
+            return True
+        try:
+            await asyncio.wait_for(self.received.closed.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _before_headers(self, behaviour: Behaviour) -> bool:
         if behaviour.hang_before_headers:
-            await asyncio.Event().wait()
+            return await self._pause(None)
         if behaviour.header_delay:
-            await asyncio.sleep(behaviour.header_delay)
+            return await self._pause(behaviour.header_delay)
+        return True
 
     def _error(self, behaviour: Behaviour) -> None:
         self.set_status(behaviour.status)
@@ -276,7 +289,8 @@ class ChatHandler(_FakeHandler):
             behaviour.drop_connections -= 1
             self.request.connection.stream.close()
             return
-        await self._before_headers(behaviour)
+        if not await self._before_headers(behaviour):
+            return
         if behaviour.status != 200:
             return self._error(behaviour)
         refusal = openai_refusal(body) if fake.strict else None
@@ -321,12 +335,13 @@ class ChatHandler(_FakeHandler):
             behaviour.headers_then_close -= 1
             self.request.connection.stream.close()
             return
-        if behaviour.hang:
-            await asyncio.Event().wait()
-        if behaviour.first_chunk_delay:
-            await asyncio.sleep(behaviour.first_chunk_delay)
-        if behaviour.stall_every and (number - 1) % behaviour.stall_every == 0:
-            await asyncio.sleep(behaviour.stall_seconds)
+        if behaviour.hang and not await self._pause(None):
+            return
+        if behaviour.first_chunk_delay and not await self._pause(behaviour.first_chunk_delay):
+            return
+        stalls = behaviour.stall_every and (number - 1) % behaviour.stall_every == 0
+        if stalls and not await self._pause(behaviour.stall_seconds):
+            return
         if scripted is not None:
             deltas = scripted.deltas(len(fake.requests))
         elif behaviour.tool_call:
@@ -357,13 +372,13 @@ class ChatHandler(_FakeHandler):
                 if behaviour.error_event_at == index:
                     event = json.dumps({"error": {"message": "fake mid-stream failure", "type": "server_error"}})
                 if behaviour.chunk_delay and index:
-                    await asyncio.sleep(behaviour.chunk_delay)
+                    await asyncio.sleep(behaviour.chunk_delay)  # short: a closed connection shows at the next write
                 self.write(f"data: {event}\n\n")
                 await self.flush()
             self.write("data: [DONE]\n\n")
             await self.flush()
             if behaviour.linger_after_done:
-                await asyncio.sleep(behaviour.linger_after_done)
+                await self._pause(behaviour.linger_after_done)
         except tornado.iostream.StreamClosedError:
             pass
 
