@@ -174,3 +174,13 @@ async def test_a_late_waiting_message_is_said_only_when_the_answer_is_late(http_
     fake_upstream.behaviour.first_chunk_delay = 1.0
     late = await stream(base_url, "/rag/chat/completions", agora_engine("How do I connect Agora?"))
     assert late.chunks[0]["id"] == "waiting_msg" and late.text.endswith("word4 ")
+
+
+@pytest.mark.gen_test
+async def test_a_history_no_repair_can_save_gets_the_upstreams_refusal_not_a_500(
+    http_server, base_url, fake_upstream, services
+):
+    lonely = {"messages": [{"role": "tool", "tool_call_id": "call_1", "content": "22 degrees"}]}
+    result = await post(base_url, "/chat/completions", lonely)
+    assert result.code == 400 and "must be a response to a preceeding message" in json_of(result)["error"]["message"]
+    assert last_record(services)["status"] == 400

@@ -115,3 +115,17 @@ async def test_an_answer_of_one_sentence_without_a_stop_is_timed_at_its_end():
     assert record.first_sentence_ms is None
     await answer.send_chunk({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     assert record.first_sentence_ms is not None
+
+
+MARKDOWNISH = st.text(alphabet=st.sampled_from(list("ab #*_-+>`|[]()!<>@.:/\nhtpsw你好。 1~")), max_size=120)
+
+
+@settings(max_examples=500, deadline=None)
+@given(MARKDOWNISH, st.lists(st.integers(1, 9), min_size=1, max_size=30))
+def test_any_text_cut_anywhere_says_the_same_as_whole_and_never_fails(text, sizes):
+    transform, said, start = SpeakableText(), [], 0
+    for size in sizes:
+        said.append(transform.feed(text[start : start + size]))
+        start += size
+    said.append(transform.feed(text[start:]))
+    assert "".join(said) + transform.finish() == spoken(text, max(1, len(text)))
