@@ -166,7 +166,14 @@ def upstream_configs(settings: Settings) -> tuple[UpstreamConfig, ...]:
             return load_upstreams_file(settings.upstreams_file)
         except UpstreamsFileError as exc:
             raise StartupError(f"invalid upstreams file, not starting: {exc}") from None
-    return (UpstreamConfig("default", settings.base_url or "https://api.openai.com/v1", settings.api_key),)
+    # As the openai SDK does: OPENAI_ORG_ID and OPENAI_PROJECT_ID, when set, name the organisation and the project.
+    headers = {
+        header: os.environ[name]
+        for header, name in (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID"))
+        if os.environ.get(name)
+    }
+    base_url = settings.base_url or "https://api.openai.com/v1"
+    return (UpstreamConfig("default", base_url, settings.api_key, headers),)
 
 
 def build_upstream(config: UpstreamConfig, settings: Settings) -> Upstream:

@@ -14,7 +14,7 @@ import pytest
 from fakes.upstream import FakeUpstream, ScriptedTurn
 from llmserver.protocol.errors import ApiError
 from llmserver.request_log import RequestLog
-from llmserver.services import build_upstream
+from llmserver.services import build_upstream, upstream_configs
 from llmserver.settings import Settings
 from llmserver.tools.registry import ToolRegistry
 from llmserver.upstream.relay import Relay, RelayPolicy
@@ -542,3 +542,11 @@ async def test_a_hung_upstream_passes_the_request_on_within_its_share_of_the_dea
     finally:
         await router.aclose()
     assert attempts(record) == [("a", "failed"), ("b", "won")] and record.attempts[0].code == "first_token_deadline"
+
+
+def test_one_upstream_from_the_environment_names_its_organisation_and_project_as_the_sdk_does(monkeypatch):
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-123")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-9")
+    (only,) = upstream_configs(Settings(upstream="openai", api_key="sk-own"))
+    assert only.headers == {"OpenAI-Organization": "org-123", "OpenAI-Project": "proj-9"}
+    assert (only.name, only.base_url, only.api_key) == ("default", "https://api.openai.com/v1", "sk-own")
