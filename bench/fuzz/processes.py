@@ -12,7 +12,7 @@ import signal
 import subprocess
 from collections.abc import Iterable
 
-from bench import processes
+from fakes import processes
 from fakes.processes import StartRefused
 from llmserver.settings import Settings
 
