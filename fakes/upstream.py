@@ -177,6 +177,8 @@ def openai_refusal(body: dict[str, Any]) -> str | None:
     for index, message in enumerate(messages):
         role = message.get("role")
         if role == "assistant":
+            if message.get("tool_calls") == []:
+                return f"Invalid 'messages[{index}].tool_calls': empty array. Expected an array with minimum length 1."
             calls = message.get("tool_calls") or []
             content = message.get("content")
             if not calls and not message.get("audio") and not (content if isinstance(content, (str, list)) else None):

@@ -28,6 +28,7 @@ class EventStream:
         self._handler = handler
         self._counter = counter
         self.started = False
+        self.may_start = False  # the relay sees its own sink (SpokenAnswer) for this
         self._flush_due: asyncio.Handle | None = None  # the flush at the end of this turn of the loop
         self._flushed: asyncio.Future | None = None  # the last flush, until its bytes are with the kernel
 
@@ -94,6 +95,9 @@ class EventStream:
         with contextlib.suppress(StreamClosedError):
             await self._write(encode_json_event(error.body()) + DONE, 0)
             self.flush_now()
+
+    async def pause(self) -> None:
+        self.flush_now()
 
     async def done(self) -> None:
         await self._write(DONE, 0)

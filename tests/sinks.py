@@ -10,6 +10,7 @@ from typing import Any
 class RecordingSink:
     def __init__(self, started: bool = False) -> None:
         self.started = started  # True: as after /rag's waiting message (keep-alive comments then allowed)
+        self.may_start = False
         self.events: list[Any] = []  # chunk dicts, ("comment", text), "[DONE]"
         self.raw: list[bytes | None] = []  # the bytes relayed as they came, None where the chunk was rewritten
 
@@ -27,6 +28,9 @@ class RecordingSink:
 
     async def send_comment(self, text: str) -> None:
         self.events.append(("comment", text))
+
+    async def pause(self) -> None:
+        self.events.append("pause")
 
     async def done(self) -> None:
         self.events.append("[DONE]")

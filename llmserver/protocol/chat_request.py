@@ -201,12 +201,13 @@ def parse_chat_request(raw: bytes, default_model: str, platform_header: str | No
         raise ApiError(
             400, f"'model' must be at most {MAX_MODEL_CHARS} characters.", param="model", code="string_above_max_length"
         )
-    platform, platform_name = recognise(body, platform_header)
+    platforms, platform_name = recognise(body, platform_header)
     engine_fields: dict[str, Any] = {}
     conversation = None
-    if platform is not None:
-        engine_fields = {name: body.pop(name) for name in platform.top_level if name in body}
-        conversation = platform.conversation(engine_fields)
+    for platform in platforms:  # each one's fields stay home, whichever of them names the conversation
+        fields = {name: body.pop(name) for name in platform.top_level if name in body}
+        engine_fields.update(fields)
+        conversation = conversation or platform.conversation(fields)
         message_fields = [{name: m.pop(name) for name in platform.per_message if name in m} for m in messages]
         if any(message_fields):
             engine_fields["messages"] = message_fields

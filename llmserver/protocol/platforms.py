@@ -2,9 +2,9 @@
 for one that adds none, by a header its operator sets). OpenAI refuses unknown fields, so a platform's own fields
 never go upstream: they are kept apart, for the request record and for the conversation's key.
 
-- Agora's Conversational AI engine (vendor "custom"): recognised by `turn_id`, `timestamp`, `interruptable` or
-  `context`, or per message `turn_id`, `timestamp`, `metadata` (all of which it adds); its conversation is the RTM
-  `context`'s appId, userId and channel.
+- Agora's Conversational AI engine (vendor "custom"): recognised by `turn_id`, `interruptable` or `context`, or a
+  message's `turn_id`; it adds those, `timestamp`, and per message `timestamp` and `metadata`; its conversation is
+  the RTM `context`'s appId, userId and channel.
 - Vapi (custom-llm): `call`, `customer`, `phoneNumber` (and it adds `metadata`); its conversation is `call.id`.
 - ElevenLabs Agents (custom LLM): `elevenlabs_extra_body`, `user_id`; its conversation is
   `elevenlabs_extra_body.conversation_id`, else `user_id`.
@@ -54,22 +54,25 @@ class Platform:
     marks: tuple[str, ...]  # top-level fields any one of which recognises it
     top_level: tuple[str, ...]  # the top-level fields it adds, kept from the upstream
     per_message: tuple[str, ...] = ()  # the fields it adds to each message
+    message_mark: str | None = None  # a per-message field that recognises it
     conversation: Callable[[dict[str, Any]], list[str] | None] = field(default=lambda fields: None)
 
     def recognised_in(self, body: dict[str, Any]) -> bool:
         if any(name in body for name in self.marks):
             return True
-        return bool(self.per_message) and any(
-            isinstance(message, dict) and any(name in message for name in self.per_message)
-            for message in body.get("messages") or ()
+        mark = self.message_mark
+        return mark is not None and any(
+            isinstance(message, dict) and mark in message for message in body.get("messages") or ()
         )
 
 
 AGORA = Platform(
     "agora",
-    marks=("turn_id", "timestamp", "interruptable", "context"),
+    # What only the engine sends: a `timestamp` or a message's `metadata` alone could be anyone's.
+    marks=("turn_id", "interruptable", "context"),
     top_level=("context", "turn_id", "timestamp", "interruptable"),
     per_message=("turn_id", "timestamp", "metadata"),
+    message_mark="turn_id",
     conversation=_agora_conversation,
 )
 VAPI = Platform(
@@ -90,14 +93,15 @@ _BY_NAME = {platform.name: platform for platform in PLATFORMS}
 MAX_PLATFORM_NAME = 32
 
 
-def recognise(body: dict[str, Any], header: str | None) -> tuple[Platform | None, str | None]:
-    """The platform a request comes from (by its fields, else the header's) and the name to record: a platform the
-    server does not know, named by the header, is recorded (and the request treated as a voice request) with
-    nothing taken from its body."""
-    for platform in PLATFORMS:
-        if platform.marks and platform.recognised_in(body):
-            return platform, platform.name
+def recognise(body: dict[str, Any], header: str | None) -> tuple[list[Platform], str | None]:
+    """The platforms whose fields a request carries (usually one), and the name to record: the first of them, else
+    the header's. A platform the server does not know, named by the header, is recorded (and the request treated as a
+    voice request) with nothing taken from its body."""
+    found = [platform for platform in PLATFORMS if platform.marks and platform.recognised_in(body)]
+    if found:
+        return found, found[0].name
     if header:
         named = header.strip().lower()[:MAX_PLATFORM_NAME]
-        return _BY_NAME.get(named), named or None
-    return None, None
+        known = _BY_NAME.get(named)
+        return ([known] if known else []), named or None
+    return [], None

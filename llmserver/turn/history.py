@@ -1,10 +1,11 @@
 """Repairing the histories voice platforms send, before every upstream call: what a barge-in leaves behind is what
 OpenAI refuses with a 400, and the caller then hears the failure message instead of an answer.
 
-- An assistant turn whose tool calls lack a result (the caller barged in while a tool ran): each missing result is
-  added, saying the call was interrupted. The model then knows it asked and got no answer; dropping the calls
-  instead would hide that a call which reached a webhook may have done something.
-- A tool result that answers no call just before it: dropped.
+- An assistant turn whose tool calls lack a result (the caller barged in while a tool ran): a result that came later
+  (after the caller's next words) is moved up to its call; a missing one is added, saying the call was
+  interrupted. The model then knows it asked and got no answer; dropping the calls instead would hide that a call
+  which reached a webhook may have done something.
+- A tool result that answers no call just before it: dropped. An empty `tool_calls: []`: removed.
 - An assistant turn with nothing in it (no text, no tool calls, no audio; the engine sends one when the caller
   interrupted before the first word): dropped.
 - Two user turns in a row, or two assistant texts in a row (what the drops above, or a platform, can leave), are
@@ -69,27 +70,45 @@ def repair(messages: list[dict[str, Any]], repairs: Repairs) -> list[dict[str, A
     """The history in a shape upstreams accept (see the module's notes); the same list when it already is."""
     out: list[dict[str, Any]] = []
     waiting: list[str] = []  # the last assistant turn's calls still without a result
+    results = {}  # each call's first result, wherever it is: one that came late is moved up to its call
+    for index, message in enumerate(messages):
+        if message.get("role") == "tool" and isinstance(message.get("tool_call_id"), str):
+            results.setdefault(message["tool_call_id"], index)
+    used: set[int] = set()  # results already placed after their call
     changed = False
 
-    def close_calls() -> None:
+    def close_calls(position: int) -> None:
         nonlocal changed
         for call_id in waiting:
-            out.append({"role": "tool", "tool_call_id": call_id, "content": INTERRUPTED_RESULT})
-            repairs.results_added += 1
+            late = results.get(call_id)
+            if late is not None and late > position and late not in used:
+                out.append(messages[late])  # its real result, from where a platform put it
+                used.add(late)
+                repairs.results_moved += 1
+            else:
+                out.append({"role": "tool", "tool_call_id": call_id, "content": INTERRUPTED_RESULT})
+                repairs.results_added += 1
             changed = True
         waiting.clear()
 
-    for message in messages:
+    for index, message in enumerate(messages):
         role = message.get("role")
         if role == "tool":
+            if index in used:
+                continue  # moved up to its call
             if message.get("tool_call_id") in waiting:
                 waiting.remove(message["tool_call_id"])
+                used.add(index)
                 out.append(message)
             else:
                 repairs.results_dropped += 1
                 changed = True
             continue
-        close_calls()
+        close_calls(index)
+        if role == "assistant" and message.get("tool_calls") == []:
+            message = {key: value for key, value in message.items() if key != "tool_calls"}  # OpenAI refuses []
+            repairs.empty_calls_removed += 1
+            changed = True
         if role == "assistant" and _is_empty(message):
             repairs.empty_turns_dropped += 1
             changed = True
@@ -104,7 +123,7 @@ def repair(messages: list[dict[str, Any]], repairs: Repairs) -> list[dict[str, A
             continue
         out.append(message)
         waiting = _calls(message) if role == "assistant" else []
-    close_calls()
+    close_calls(len(messages))
     return out if changed and out else messages  # nothing left would be no better than what came
 
 

@@ -27,6 +27,8 @@ class Repairs:
     """What the history's repair changed (llmserver.turn.history); all zero: the history went as it came."""
 
     results_added: int = 0  # for tool calls left without one
+    results_moved: int = 0  # a result that came after the caller's next words, moved up to its call
+    empty_calls_removed: int = 0  # `tool_calls: []`, which OpenAI refuses
     results_dropped: int = 0  # answering no call
     empty_turns_dropped: int = 0
     turns_joined: int = 0
@@ -58,6 +60,7 @@ class ChatTurn:
     exchange_listeners: list[ExchangeListener] = field(default_factory=list)
     repairs: Repairs = field(default_factory=Repairs)
     on_end: list[Callable[[], None]] = field(default_factory=list)  # run when the answer ends, however it ends
+    late_start: bool = False  # a late waiting message may begin the response while the model is awaited
     tasks: set[asyncio.Task] = field(default_factory=set)  # started by a stage; cancelled when the answer ends
 
     def __post_init__(self) -> None:

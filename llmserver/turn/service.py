@@ -63,7 +63,7 @@ class CompletionService:
             speakable = self.speakable == "on" or (self.speakable == "auto" and chat.platform is not None)
             trace.speaking(speakable)
             if chat.stream:
-                spoken = SpokenAnswer(sink, trace, speakable)
+                spoken = SpokenAnswer(sink, trace, speakable, may_start=turn.late_start)
                 await self.relay.stream(turn.body, caller.upstream_key, spoken, trace, turn.tools)
                 return None
             completion = await self.relay.complete(turn.body, caller.upstream_key, trace, turn.tools)

@@ -7,8 +7,8 @@ person would say ("docs dot agora dot io slash en", "support at agora dot io"). 
 code keeps its words, CJK text is untouched but for markup.
 
 It works on the stream: each piece of content is transformed as it arrives, holding back only what the next
-characters decide (a marker split across chunks, the start of a line, a URL until it ends), a few characters at most
-but for URLs. Only `delta.content` is touched: never tool calls, audio or anything else.
+characters decide (a marker split across chunks, the start of a line, 12 characters after a `<`), but a URL or an
+address until it ends (MAX_HOLD at most). Only `delta.content` is touched: never tool calls, audio or anything else.
 """
 
 from __future__ import annotations
@@ -16,14 +16,32 @@ from __future__ import annotations
 import re
 from typing import Any
 
-MAX_HOLD = 512  # a "URL" longer than this is read as it is
+MAX_HOLD = 512  # a URL longer than this is said as far as this, the rest left unsaid
 _SCHEMES = ("https://", "http://", "www.")
-_URL_END = re.compile(r"[\s<>\"'`|\]]")
+# Where a URL or an address ends: a space, a quote or bracket, a markdown mark, or any character that is not ASCII
+# (Chinese text and its full-width punctuation follow a URL without a space).
+_URL_END = re.compile(r"[\s<>\"'`|\]*~]|[^\x00-\x7f]")
 _TRAILING = ".,;:!?)"
 _RULE = re.compile(r"^[ \t]*([-*_])([ \t]*\1){2,}[ \t]*$")
-_TABLE_RULE = re.compile(r"^[ \t]*\|?[ \t]*:?-{2,}:?[ \t]*(\|[ \t]*:?-{2,}:?[ \t]*)*\|?[ \t]*$")
-_HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(\s[^<>]*)?/?>")
+_TABLE_RULE = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
+_TABLE_RULE_START = re.compile(r"^[ \t]*:?-+:?[ \t]*(\|[ \t:-]*)*$")  # "--- | ---" may still become a rule
+# The HTML a model writes in markdown: tags that say nothing (<br> and block tags end a phrase: a space). Anything
+# else in angle brackets (<Enter>, <token>, List<String>) is text.
+_HTML_TAG = re.compile(
+    r"</?(a|abbr|b|big|blockquote|br|center|code|del|div|em|font|h[1-6]|hr|i|img|ins|kbd|li|mark|ol|p|pre|s|small|"
+    r"span|strike|strong|sub|sup|table|tbody|td|th|thead|tr|u|ul)(\s[^<>]*)?/?>",
+    re.IGNORECASE,
+)
+_PHRASE_TAGS = frozenset("br p div li tr td th h1 h2 h3 h4 h5 h6 hr blockquote table ul ol".split())
 _DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+_RULE_START = re.compile(r"^[ \t]*([-*_])([ \t]*\1)*[ \t]*$")  # "- -" may still become "- - -"
+_LONGEST_TAG = 12  # "<blockquote " and the like: what '<' waits for before it is text
+_TAG_START = re.compile(r"/?[A-Za-z][A-Za-z0-9]*(\s[^<>]*)?|/")
+_LINK_START = re.compile(r"https?://[^\s<>]*|[A-Za-z0-9._%+-]{1,64}(@[A-Za-z0-9.-]*)?")
+
+
+def _ascii_alnum(character: str) -> bool:
+    return character.isascii() and character.isalnum()
 
 
 def spoken_host(host: str) -> str:
@@ -55,7 +73,10 @@ class SpeakableText:
         self._in_fence = False
         self._table_row = False
         self._link_url = 0  # inside a link's (url): the open parentheses
+        self._in_code = False  # inside `inline code`: its characters said as they are
+        self._skipping_url = False  # the rest of a URL longer than MAX_HOLD
         self._last = ""  # the last character given out, for word boundaries
+        self._last_visible = ""  # the last character given out that is not a space (a number before " * 3")
 
     def feed(self, text: str) -> str:
         return self._run(self._held + text, final=False)
@@ -83,15 +104,24 @@ class SpeakableText:
         if text:
             out.append(text)
             self._last = text[-1]
+            visible = text.rstrip()
+            if visible:
+                self._last_visible = visible[-1]
 
     def _step(self, text: str, i: int, final: bool, out: list[str]) -> int | None:
         """Handles the construct at `text[i]`; returns where the next one starts, or None to wait for more."""
         c = text[i]
         if self._link_url:
             return self._skip_link_url(text, i)
+        if self._skipping_url:
+            end = _URL_END.search(text, i)
+            if end is None:
+                return len(text)
+            self._skipping_url = False
+            return end.start()
         if c == "\n":
             self._emit(out, "\n")
-            self._line_start, self._table_row = True, False
+            self._line_start, self._table_row, self._in_code = True, False, False
             return i + 1
         if self._line_start:
             return self._line_beginning(text, i, final, out)
@@ -123,10 +153,15 @@ class SpeakableText:
         if self._in_fence:
             self._line_start = False
             return start
-        if first in "-*_" and ((not complete and len(stripped) < 3) or _RULE.match(line)):
+        if first in "-*_" and ((not complete and (len(stripped) < 3 or _RULE_START.match(line))) or _RULE.match(line)):
             if not complete:
-                return None  # could be a rule (---), a bullet or emphasis: the next characters say
+                return None  # could be a rule (---, - - -), a bullet or emphasis: the next characters say
             return i + len(line)  # a horizontal rule
+        if first in "-:" and "|" in line:  # the rule under a table's head, written without its outer pipes
+            if not complete and _TABLE_RULE_START.match(line):
+                return None
+            if complete and _TABLE_RULE.match(line):
+                return i + len(line)
         if first == "|":
             cell = stripped[1:].lstrip(" \t")
             if not complete and (not cell or cell[0] in "-:"):
@@ -175,8 +210,19 @@ class SpeakableText:
     def _inline(self, text: str, i: int, final: bool, out: list[str]) -> int | None:
         c = text[i]
         n = len(text)
-        if c in "*`":
-            return i + 1  # emphasis and code marks
+        if c == "`":
+            j = i
+            while j < n and text[j] == "`":
+                j += 1
+            self._in_code = not self._in_code  # the marks go; the code's characters are said as they are
+            return j
+        if self._in_code:
+            j = i
+            while j < n and text[j] not in "`\n":
+                j += 1
+            return self._say(out, text[i:j], i)
+        if c == "*":
+            return self._star(text, i, final, out)
         if c == "~":
             if i + 1 >= n and not final:
                 return None
@@ -202,13 +248,13 @@ class SpeakableText:
             if i + 1 >= n and not final:
                 return None
             return i + 1 if text[i + 1 : i + 2] == "[" else self._say(out, c, i)
-        if c == "|" and self._table_row:
+        if c == "|":
             j = i + 1
             while j < n and text[j] in " \t":
                 j += 1
             if j >= n and not final:
                 return None
-            if j >= n or text[j] == "\n":
+            if self._table_row and (j >= n or text[j] == "\n"):
                 return j  # the row's closing pipe
             self._emit(out, ",")  # between cells: a pause
             return i + 1
@@ -216,7 +262,7 @@ class SpeakableText:
             return self._angle(text, i, final, out)
         if c == "@":
             return self._email(text, i, final, out)
-        if not self._last.isalnum() and c in "hHwW":
+        if not _ascii_alnum(self._last) and c in "hHwW":
             return self._maybe_url(text, i, final, out)
         # Plain text: up to the next character that may start something.
         j = i + 1
@@ -224,22 +270,50 @@ class SpeakableText:
             j += 1
         return self._say(out, text[i:j], i)
 
+    def _star(self, text: str, i: int, final: bool, out: list[str]) -> int | None:
+        """Emphasis marks go; a lone `*` between numbers ("5*2", "2 * 3") is a multiplication: "times"."""
+        j = i
+        while j < len(text) and text[j] == "*":
+            j += 1
+        if j - i > 1 or not self._last_visible.isdigit() or self._last not in " 0123456789":
+            return j
+        k = j + 1 if text[j : j + 1] == " " else j
+        if k >= len(text) and not final:
+            return None
+        if not text[k : k + 1].isdigit():
+            return j
+        self._emit(out, ("" if self._last == " " else " ") + "times" + ("" if k > j else " "))
+        return j
+
     def _say(self, out: list[str], text: str, i: int) -> int:
         self._emit(out, text)
         return i + len(text)
 
     def _angle(self, text: str, i: int, final: bool, out: list[str]) -> int | None:
-        end = text.find(">", i)
+        """<https://…> and <name@example.com> as words, an HTML tag as nothing (or a pause), anything else as it is."""
+        end = text.find(">", i + 1)
         if end < 0:
-            if not final and len(text) - i < 64 and not text[i + 1 : i + 2].isspace():
-                return None
+            rest = text[i + 1 :]
+            if not rest:
+                return None if not final else self._say(out, "<", i)
+            may_be_tag = len(rest) < _LONGEST_TAG and _TAG_START.fullmatch(rest) is not None
+            may_be_link = len(rest) < MAX_HOLD and _LINK_START.fullmatch(rest) is not None
+            if not final and (may_be_tag or may_be_link):
+                return None  # the '>' decides
             return self._say(out, "<", i)
         inner = text[i + 1 : end]
-        if inner.startswith(("http://", "https://")):
+        if inner.startswith(("http://", "https://")) and not _URL_END.search(inner):
             self._emit(out, spoken_url(inner))
             return end + 1
-        if _HTML_TAG.fullmatch(text[i : end + 1]):
-            return end + 1  # an HTML tag (<br>, <b>): nothing to say
+        local, at, domain = inner.partition("@")
+        if at and local and _DOMAIN.fullmatch(domain) and not _URL_END.search(inner):
+            self._emit(out, spoken_email(inner))
+            return end + 1
+        tag = _HTML_TAG.fullmatch(text[i : end + 1])
+        if tag:
+            if tag.group(1).lower() in _PHRASE_TAGS and self._last not in ("", " ", "\n"):
+                self._emit(out, " ")
+            return end + 1
         return self._say(out, "<", i)
 
     def _email(self, text: str, i: int, final: bool, out: list[str]) -> int | None:
@@ -249,7 +323,7 @@ class SpeakableText:
             return None
         end = match.start() if match else len(text)
         word = text[i + 1 : end].rstrip(_TRAILING)
-        if self._last.isalnum() and _DOMAIN.fullmatch(word):
+        if _ascii_alnum(self._last) and _DOMAIN.fullmatch(word):
             self._emit(out, " at " + spoken_host(word))
             return i + 1 + len(word)
         return self._say(out, "@", i)
@@ -267,6 +341,10 @@ class SpeakableText:
         if match is None and not final and len(text) - i < MAX_HOLD:
             return None  # the URL until its end
         end = match.start() if match else len(text)
+        if end - i >= MAX_HOLD:  # too long to hold: said as far as this, the rest (its query, surely) not
+            self._emit(out, spoken_url(text[i : i + MAX_HOLD]))
+            self._skipping_url = end >= len(text) and not final
+            return end
         url = text[i:end]
         kept = url.rstrip(_TRAILING)
         if kept.count("(") < kept.count(")"):
@@ -333,8 +411,10 @@ class SpokenAnswer:
     """The ChunkSink an answer streams through on its way to the caller: its content made speakable (when the turn
     asks for it) and the moment its first sentence is complete reported to the trace (`first_sentence`)."""
 
-    def __init__(self, sink: Any, trace: Any, speakable: bool) -> None:
+    def __init__(self, sink: Any, trace: Any, speakable: bool, may_start: bool = False) -> None:
+        """`may_start`: a late waiting message may begin the response while the relay waits for the model."""
         self._sink = sink
+        self.may_start = may_start
         self._trace = trace
         self._choices = SpeakableChoices() if speakable else None
         self._tail = ""  # the end of the text so far, to see a sentence end across chunks
@@ -360,6 +440,8 @@ class SpokenAnswer:
 
     def _clock(self, data: dict[str, Any]) -> None:
         choices = data.get("choices")
+        if not isinstance(choices, list):
+            return
         delta = choices[0].get("delta") if choices and isinstance(choices[0], dict) else None
         content = delta.get("content") if isinstance(delta, dict) else None
         if isinstance(content, str) and content:
@@ -376,11 +458,19 @@ class SpokenAnswer:
     async def send_comment(self, text: str) -> None:
         await self._sink.send_comment(text)
 
-    async def done(self) -> None:
+    async def pause(self) -> None:
+        """The server's tools run: what the transform held back (a closing "!") is said now, not after them."""
+        await self._say_held()
+        await self._sink.pause()
+
+    async def _say_held(self) -> None:
         if self._choices is not None and self._envelope is not None:
-            for index, said in self._choices.rest():  # an upstream that ended without a finish chunk
+            for index, said in self._choices.rest():
                 choice = {"index": index, "delta": {"content": said}, "logprobs": None, "finish_reason": None}
                 await self._sink.send_chunk({**self._envelope, "choices": [choice]})
+
+    async def done(self) -> None:
+        await self._say_held()  # an upstream that ended without a finish chunk
         await self._sink.done()
 
 

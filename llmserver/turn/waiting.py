@@ -42,3 +42,4 @@ class WaitingMessageStage:
             self.late_after, lambda: turn.background(asyncio.ensure_future(if_still_silent()))
         )
         turn.on_end.append(timer.cancel)
+        turn.late_start = True

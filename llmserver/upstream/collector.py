@@ -12,6 +12,7 @@ class CompletionCollector:
     """A ChunkSink that keeps what a caller would have received, for a caller that asked for one JSON answer."""
 
     started = False  # nothing reaches the caller before the end: no keep-alive comments
+    may_start = False
 
     def __init__(self) -> None:
         self._envelope: dict[str, Any] = {}
@@ -49,6 +50,9 @@ class CompletionCollector:
                 call["function"][key] += function[key]
 
     async def send_comment(self, text: str) -> None:
+        return None
+
+    async def pause(self) -> None:
         return None
 
     async def done(self) -> None:

@@ -37,11 +37,15 @@ class ChunkSink(Protocol):
     """Where an answer's chunks go: the SSE writer of the caller's response, or a collector."""
 
     started: bool  # something has reached the caller (keep-alive comments are then allowed)
+    may_start: bool  # something may reach the caller while the relay waits (a late waiting message)
 
     async def send_chunk(self, data: dict[str, Any], raw: bytes | None = None) -> None:
         """One chunk; `raw`, when given, is its JSON as the upstream wrote it (relayed as it is)."""
 
     async def send_comment(self, text: str) -> None: ...
+
+    async def pause(self) -> None:
+        """The answer pauses (its server tools run): what is ready should reach the caller now."""
 
     async def done(self) -> None: ...
 
@@ -157,7 +161,7 @@ class Relay:
         `keepalive_seconds` meanwhile: clients such as LiveKit's give up after 10 s of silence. `discard` closes a
         result that arrived in the very moment the caller left (or a deadline struck), which nobody else will."""
         interval = self.policy.keepalive_seconds
-        if not sink.started or not interval:
+        if not interval or not (sink.started or sink.may_start):
             return await waiting
         task = asyncio.ensure_future(waiting)
         returned = False
@@ -167,7 +171,8 @@ class Relay:
                 if done:
                     returned = True
                     return task.result()
-                await sink.send_comment("keep-alive")
+                if sink.started:  # (a late waiting message may have begun the response meanwhile)
+                    await sink.send_comment("keep-alive")
         finally:
             if not task.done():
                 # The client left or a deadline struck: stop the upstream call too, and let the generator finish
@@ -229,6 +234,7 @@ class Relay:
         filler = None if calls.joined_text.strip() else tools.filler(server_calls)
         if filler:
             await answer.say(filler, number, sink, trace)
+        await sink.pause()  # what the model said before calling is heard while the tools run
         ended = asyncio.get_running_loop().time()
         running = tools.registry.run_calls([call.as_tool_call() for call in server_calls], tools.tools)
         outcomes = await self._keep_alive(sink, running)

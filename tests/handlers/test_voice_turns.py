@@ -184,3 +184,34 @@ async def test_a_history_no_repair_can_save_gets_the_upstreams_refusal_not_a_500
     result = await post(base_url, "/chat/completions", lonely)
     assert result.code == 400 and "must be a response to a preceeding message" in json_of(result)["error"]["message"]
     assert last_record(services)["status"] == 400
+
+
+@pytest.mark.settings(rag_waiting_message="late", rag_waiting_delay_ms=100, keepalive_seconds=0.2)
+@pytest.mark.gen_test
+async def test_after_a_late_waiting_message_the_silence_is_kept_alive(http_server, base_url, fake_upstream):
+    # Found in review: the keep-alive comments looked at the response once, before the late message began it.
+    fake_upstream.behaviour.first_chunk_delay = 1.0
+    result = await stream(base_url, "/rag/chat/completions", agora_engine("How do I connect Agora?"))
+    waiting = result.raw.index(b"waiting_msg")
+    assert result.raw.count(b": keep-alive", waiting) >= 2 and result.text.endswith("word4 ")
+
+
+@pytest.mark.gen_test
+async def test_a_plain_client_with_a_timestamp_or_message_metadata_is_not_taken_for_a_voice_platform(
+    http_server, base_url, fake_upstream, services
+):
+    # Found in review: a `timestamp`, or a message's `metadata`, alone made a request Agora's (its markdown rewritten).
+    fake_upstream.strict = False
+    fake_upstream.script = [markdown_answer()]
+    body = {"timestamp": 1, "messages": [{"role": "user", "content": "Open when?", "metadata": {"id": 7}}]}
+    result = await stream(base_url, "/chat/completions", body)
+    assert result.text == MARKDOWN and last_record(services)["platform"] is None
+
+
+@pytest.mark.gen_test
+async def test_the_fields_of_two_platforms_in_one_request_all_stay_home(http_server, base_url, fake_upstream, services):
+    body = vapi("Hello?")
+    body.update({"elevenlabs_extra_body": {"conversation_id": "c1"}, "user_id": "u1"})
+    result = await stream(base_url, "/chat/completions", body)
+    assert result.events[-1] == "[DONE]" and not fake_upstream.refusals, fake_upstream.refusals
+    assert set(last_record(services)["engine_fields"]) >= {"call", "elevenlabs_extra_body", "user_id"}

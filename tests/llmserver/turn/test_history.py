@@ -99,3 +99,18 @@ def test_an_interrupted_turn_is_what_was_spoken_marked_as_cut_off_never_the_rest
 def test_every_repaired_history_is_one_openai_accepts_or_goes_unchanged(history):
     out, _ = repaired(history)
     assert refused(out) is None or out is history
+
+
+def test_a_result_that_came_after_the_callers_next_words_is_moved_up_not_replaced():
+    # Found in review: the real result was dropped and an "interrupted" one made up: the model would book again.
+    history = [ASK, CALLING, AGAIN, RESULT]
+    out, changes = repaired(history)
+    assert refused(out) is None and out == [ASK, CALLING, RESULT, AGAIN] and changes == {"results_moved": 1}
+
+
+def test_an_empty_list_of_tool_calls_is_removed():
+    history = [ASK, {"role": "assistant", "content": "Let me see.", "tool_calls": []}, AGAIN]
+    assert "empty array" in refused(history)
+    out, changes = repaired(history)
+    assert refused(out) is None and out[1] == {"role": "assistant", "content": "Let me see."}
+    assert changes == {"empty_calls_removed": 1}

@@ -27,7 +27,16 @@ CASES = [
     ("```python\nprint('hi')\n```\nDone.", "\nprint('hi')\n\nDone."),
     ("**你好**，我是*助手*。请看 https://www.sw.cn/docs 了解。", "你好，我是助手。请看 sw dot cn slash docs 了解。"),
     ("Plain text, 5 > 3 and a < b; 100% sure!", "Plain text, 5 > 3 and a < b; 100% sure!"),
-    ("Line one<br>line two.", "Line oneline two."),
+    ("Line one<br>line two.", "Line one line two."),  # a break: a pause, never words run together
+    ("Press <Enter> or <b>this</b>, `List<String>`, x<y.", "Press <Enter> or this, List<String>, x<y."),
+    ("Mail <support@agora.io> or **support@agora.io**.", "Mail support at agora dot io or support at agora dot io."),
+    ("$5*2 = $10, 2 * 3 = 6, *stress*.", "$5 times 2 = $10, 2 times 3 = 6, stress."),
+    ("See **https://docs.agora.io/en**.", "See docs dot agora dot io slash en."),
+    ("注册后（详见 https://x.io/?lang=zh）即可获取App ID。", "注册后（详见 x dot io）即可获取App ID。"),
+    ("访问https://x.io，然后点击。请发邮件到hi@agora.io。", "访问x dot io，然后点击。请发邮件到hi at agora dot io。"),
+    ("- - -\nNext", "\nNext"),
+    ("| a | b |\n|-|-|\n| 1 | 2 |", " a , b \n\n 1 , 2 "),
+    ("a | b\n--- | ---\n1 | 2", "a , b\n\n1 , 2"),
 ]  # fmt: skip
 
 
@@ -117,7 +126,7 @@ async def test_an_answer_of_one_sentence_without_a_stop_is_timed_at_its_end():
     assert record.first_sentence_ms is not None
 
 
-MARKDOWNISH = st.text(alphabet=st.sampled_from(list("ab #*_-+>`|[]()!<>@.:/\nhtpsw你好。 1~")), max_size=120)
+MARKDOWNISH = st.text(alphabet=st.sampled_from(list("ab #*_-+>`|[]()!<>@.:/\nhtpsw你好。 15~$")), max_size=120)
 
 
 @settings(max_examples=500, deadline=None)

@@ -188,3 +188,19 @@ async def test_a_stream_opened_in_the_moment_the_caller_leaves_is_closed_not_los
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert closed == [True]
+
+
+@pytest.mark.gen_test
+async def test_what_the_model_said_before_calling_a_tool_is_heard_before_the_tool_runs(relay, fake_upstream, record):
+    # Found in review: the speakable transform held the closing "!" (it may start an image, "![") until after the
+    # tool's result, so the caller heard "let me check that for you" only once the tool was done.
+    from llmserver.turn.speech import SpokenAnswer
+
+    fake_upstream.script = [ScriptedTurn("Sure, let me check that for you!", [("current_time", {})]),
+                            ScriptedTurn("It is nine.")]  # fmt: skip
+    sink = RecordingSink()
+    await relay().stream({"model": "m", "stream": True, "messages": [USER]}, None,
+                         SpokenAnswer(sink, record, speakable=True), record, tool_use(ClockTools()))  # fmt: skip
+    pause = sink.events.index("pause")
+    said = "".join(c["choices"][0]["delta"].get("content") or "" for c in sink.events[:pause] if isinstance(c, dict))
+    assert said == "Sure, let me check that for you!" and sink.text == "Sure, let me check that for you! It is nine."
