@@ -195,7 +195,9 @@ async def serve(settings: Settings, announce: Callable[[list[str]], None] | None
         hedging = upstreams.status()["hedging"]
         which = f"upstreams: {upstreams.names}; hedging {hedging}{' ms' if isinstance(hedging, float) else ''}"
     else:
-        which = f"upstream: {upstreams.mode}{f' {upstreams.base_url}' if upstreams.base_url else ''}"
+        named = upstreams.routes[0].name
+        shown = named if named not in ("default", "offline") else upstreams.mode  # one of an upstreams file: its name
+        which = f"upstream: {shown}{f' {upstreams.base_url}' if upstreams.base_url else ''}"
     shared = " shared through Redis" if services.shared is not None else ""
     admin_url = f"http://{shown_host}:{port}/admin"
     lines = [

@@ -464,7 +464,9 @@ class FakeUpstream:
 
 
 async def _main() -> None:
-    parser = argparse.ArgumentParser(description="Run the fake OpenAI-compatible upstream.")
+    parser = argparse.ArgumentParser(
+        description="Run the fake OpenAI-compatible upstream; it prints its port first (--port 0: the OS picks one)."
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--words", type=int, default=20)
     parser.add_argument("--first-chunk-delay", type=float, default=0.0, help="seconds, like a model thinking")

@@ -173,7 +173,7 @@ def upstream_configs(settings: Settings) -> tuple[UpstreamConfig, ...]:
         if os.environ.get(name)
     }
     base_url = settings.base_url or "https://api.openai.com/v1"
-    return (UpstreamConfig("default", base_url, settings.api_key, headers),)
+    return (UpstreamConfig("default", base_url, settings.api_key, headers, needs_key=True),)
 
 
 def build_upstream(config: UpstreamConfig, settings: Settings) -> Upstream:
@@ -187,17 +187,21 @@ def build_upstream(config: UpstreamConfig, settings: Settings) -> Upstream:
     )
 
 
-def build_router(settings: Settings, observer: RoutingObserver) -> Router:
+def build_router(settings: Settings, configs: tuple[UpstreamConfig, ...], observer: RoutingObserver) -> Router:
     """Every caller of the upstream goes through this one router: streams, the tool loop's passes, `stream: false`
     and the model list."""
     health = HealthPolicy(settings.upstream_skip_after, settings.upstream_skip_seconds)
-    routes = [
-        Route(config, build_upstream(config, settings), health, observer) for config in upstream_configs(settings)
-    ]
+    routes = [Route(config, build_upstream(config, settings), health, observer) for config in configs]
     after = settings.hedge_after_ms
     hedge_after = None if after == "off" else ("auto" if after == "auto" else float(after) / 1000)
     hedge = HedgePolicy(hedge_after, settings.hedge_budget)
-    return Router(routes, retries=settings.upstream_retries, hedge=hedge, observer=observer)
+    return Router(
+        routes,
+        retries=settings.upstream_retries,
+        hedge=hedge,
+        observer=observer,
+        first_token_timeout=settings.first_token_timeout,
+    )
 
 
 def load_knowledge_base(settings: Settings, shared: SharedDeployment | None = None) -> KnowledgeBase:
@@ -338,6 +342,7 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
     """`instance` names this process in shared logs (default: host:pid). With Redis, the history keeps the other
     processes' requests too unless `keeps_others_history` is False (a worker whose data directory, and so history,
     another worker of its machine keeps for all)."""
+    configs = upstream_configs(settings)  # a bad upstreams file refuses the start before anything is written
     try:
         os.makedirs(settings.data_dir, exist_ok=True)
     except OSError as exc:
@@ -374,7 +379,7 @@ def build_services(settings: Settings, instance: str | None = None, keeps_others
         shared.share(
             knowledge_base, audio_library, memory, tools, request_log, metrics.dropped.labels("shared_log").inc
         )
-    upstreams = build_router(settings, metrics.upstreams)
+    upstreams = build_router(settings, configs, metrics.upstreams)
     for route in upstreams.routes:
         metrics.upstreams.known(route.name)
     return Services(

@@ -232,6 +232,7 @@ async def test_an_upstreams_file_with_a_problem_stops_the_start_naming_the_file_
     message = stderr.decode()
     assert returncode == 2 and "invalid upstreams file" in message and str(upstreams) in message
     assert "'primary'" in message and "Traceback" not in message
+    assert not (tmp_path / "data").exists()  # refused before anything was written
 
 
 @pytest.mark.gen_test(timeout=60)

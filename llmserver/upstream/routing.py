@@ -169,11 +169,12 @@ class HedgePolicy:
 
 
 class HedgeBudget:
-    """A token bucket: every request earns `share` of a hedge, a hedge spends one; at most HEDGE_BURST saved."""
+    """A token bucket: every request earns `share` of a hedge, a hedge spends one; at most HEDGE_BURST saved, and
+    full at start (the first slow answers are hedged at once)."""
 
     def __init__(self, share: float) -> None:
         self.share = share
-        self.tokens = min(HEDGE_BURST, 1.0) if share > 0 else 0.0
+        self.tokens = HEDGE_BURST if share > 0 else 0.0
 
     def earn(self) -> None:
         self.tokens = min(HEDGE_BURST, self.tokens + self.share)
@@ -202,8 +203,8 @@ class Route:
         return self.config.max_streams is None or self.in_flight < self.config.max_streams
 
     def can_call(self, api_key: str | None) -> bool:
-        """It has a key of its own (or needs none, as the offline responder), or the caller sent one to forward."""
-        return self.client.has_own_key or bool(api_key)
+        """It has a key of its own (or needs none: the offline responder, a local server), or the caller sent one."""
+        return self.client.has_own_key or bool(api_key) or not self.config.needs_key
 
     def body_for(self, body: dict[str, Any]) -> dict[str, Any]:
         model = body.get("model")
@@ -307,9 +308,8 @@ class Router:
     @classmethod
     def single(cls, client: Upstream, *, retries: int = 2, name: str = "default") -> Router:
         """One upstream (OPENAI_BASE_URL/OPENAI_API_KEY, or the offline responder)."""
-        return cls(
-            [Route(UpstreamConfig(name, client.base_url), client, HealthPolicy(), SilentObserver())], retries=retries
-        )
+        config = UpstreamConfig(name, client.base_url, needs_key=True)
+        return cls([Route(config, client, HealthPolicy(), SilentObserver())], retries=retries)
 
     @property
     def has_own_key(self) -> bool:

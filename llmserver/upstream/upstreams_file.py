@@ -68,6 +68,9 @@ class UpstreamConfig:
     read_timeout: float | None = None
     first_token_timeout: float | None = None
     max_streams: int | None = None
+    # Without a key of its own, an upstream of the file is called with the caller's key, or with none (a local
+    # server); the one upstream OPENAI_BASE_URL names needs one or the other (a request with neither: 401 at once).
+    needs_key: bool = False
 
     def model_for(self, requested: str) -> str:
         return self.models.get(requested) or self.models.get("*") or requested

@@ -550,3 +550,23 @@ def test_one_upstream_from_the_environment_names_its_organisation_and_project_as
     (only,) = upstream_configs(Settings(upstream="openai", api_key="sk-own"))
     assert only.headers == {"OpenAI-Organization": "org-123", "OpenAI-Project": "proj-9"}
     assert (only.name, only.base_url, only.api_key) == ("default", "https://api.openai.com/v1", "sk-own")
+
+
+@pytest.mark.gen_test
+async def test_an_upstream_of_the_file_without_a_key_is_called_without_one(routed, fakes, record):
+    # Found by a new user: a local server (no key) was skipped when the caller sent none.
+    (local,) = fakes(1)
+    await answer(routed(UpstreamConfig("local", local.base_url, None)), record)
+    assert record.upstream == "local" and "Authorization" not in local.last.headers
+
+
+@pytest.mark.gen_test
+async def test_the_hedge_budget_starts_full_so_the_first_slow_answers_are_hedged(routed, fakes):
+    # Found by a new user: with HEDGE_AFTER_MS=200 and one slow upstream, the second request had 3 s of dead air.
+    slow, fast = fakes(2)
+    slow.behaviour.first_chunk_delay = 2.0
+    relay = routed(slow.base_url, fast.base_url, hedge=HedgePolicy(0.05, budget=0.1))
+    records = [RequestLog().begin(f"req_{n}", "chat") for n in range(5)]
+    for record in records:
+        await answer(relay, record)
+    assert all(record.hedged and record.upstream == "b" for record in records)
