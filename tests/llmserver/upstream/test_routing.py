@@ -14,7 +14,7 @@ import pytest
 from fakes.upstream import FakeUpstream, ScriptedTurn
 from llmserver.protocol.errors import ApiError
 from llmserver.request_log import RequestLog
-from llmserver.services import build_upstream, upstream_configs
+from llmserver.services import build_router, build_upstream, upstream_configs
 from llmserver.settings import Settings
 from llmserver.tools.registry import ToolRegistry
 from llmserver.upstream.relay import Relay, RelayPolicy
@@ -570,3 +570,15 @@ async def test_the_hedge_budget_starts_full_so_the_first_slow_answers_are_hedged
     for record in records:
         await answer(relay, record)
     assert all(record.hedged and record.upstream == "b" for record in records)
+
+
+@pytest.mark.gen_test
+async def test_the_server_gives_each_of_several_upstreams_a_share_of_the_first_token_deadline():
+    # Found in review of the wiring: the router was built without FIRST_TOKEN_TIMEOUT, so no upstream had a deadline.
+    configs = (UpstreamConfig("a", "http://127.0.0.1:9/v1", "sk"),
+               UpstreamConfig("b", "http://127.0.0.1:9/v1", "sk", first_token_timeout=2.0))  # fmt: skip
+    router = build_router(Settings(upstream="openai", first_token_timeout=10.0), configs, Events())
+    try:
+        assert [route.first_token_timeout for route in router.routes] == [5.0, 2.0]
+    finally:
+        await router.aclose()
