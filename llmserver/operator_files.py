@@ -1,4 +1,4 @@
-"""What the operator's JSON files (the tools file, the upstreams file) share: read whole and parsed with the one JSON
+"""What the operator's JSON files (the knowledge base, the tools file, the upstreams file) share: read whole and parsed with the one JSON
 parser, checked against a JSON schema, and `${NAME}` in their values read from the server's environment, so secrets
 stay out of the files. Every problem is one message naming the file, where in it, and what is wrong."""
 
@@ -20,8 +20,8 @@ class OperatorFileError(ServiceError):
     """A file the server cannot use; the message names the file and the problem."""
 
 
-def read_json_file(path: str, schema: dict[str, Any], error: type[OperatorFileError]) -> Any:
-    """The file's JSON, valid against `schema`; raises `error` naming the file and the problem."""
+def read_json_file(path: str, schema: dict[str, Any] | None, error: type[ServiceError]) -> Any:
+    """The file's JSON, valid against `schema` (if any); raises `error` naming the file and the problem."""
     try:
         with open(path, "rb") as handle:
             data = parse_json(handle.read(), what=path)
@@ -29,11 +29,12 @@ def read_json_file(path: str, schema: dict[str, Any], error: type[OperatorFileEr
         raise error(f"{path}: cannot be read ({exc.strerror}).") from None
     except InvalidJson as exc:
         raise error(str(exc)) from None
-    check_schema(data, schema, path, error)
+    if schema is not None:
+        check_schema(data, schema, path, error)
     return data
 
 
-def check_schema(data: Any, schema: dict[str, Any], where: str, error: type[OperatorFileError]) -> None:
+def check_schema(data: Any, schema: dict[str, Any], where: str, error: type[ServiceError]) -> None:
     try:
         jsonschema.validate(data, schema)
     except jsonschema.ValidationError as exc:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..files import remove_stale_temporaries, write_atomically
+from ..operator_files import read_json_file
 from ..protocol.errors import ServiceError
-from ..protocol.json_body import InvalidJson, parse_json
 from ..versioned import VersionedStorage, change_with_retries, newer_state
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -202,13 +202,7 @@ class KnowledgeBase:
         return base
 
     def read_file(self, source: str) -> tuple[list[dict[str, Any]], int]:
-        try:
-            with open(source, "rb") as handle:
-                data = parse_json(handle.read(), what=source)
-        except OSError as exc:
-            raise KnowledgeError(f"{source}: cannot be read ({exc.strerror}).") from None
-        except InvalidJson as exc:
-            raise KnowledgeError(str(exc)) from None
+        data = read_json_file(source, None, KnowledgeError)  # its documents are checked one by one, below
         documents = self.parse_file_data(data, where=source)
         version = data["version"] if isinstance(data.get("version"), int) and data["version"] > 0 else 0
         return documents, version

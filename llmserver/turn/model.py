@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from ..audio.responder import ClipSink
 from ..endpoints import Endpoint
 from ..protocol.chat_request import ChatRequest
+from ..protocol.language import language_of
 from ..tools.registry import ToolOutcome
 from ..upstream.relay import ChunkSink
 from ..upstream.tool_loop import ToolUse
@@ -66,6 +68,11 @@ class ChatTurn:
     def __post_init__(self) -> None:
         if not self.body:
             self.body = self.chat.body
+
+    @cached_property
+    def language(self) -> str:
+        """The caller's language, from its last message (the waiting message and the tools' fillers use it)."""
+        return language_of(self.chat.last_user_text())
 
     @property
     def last_user_index(self) -> int | None:

@@ -426,9 +426,9 @@ class SpokenAnswer:
         return self._sink.started
 
     async def send_chunk(self, data: dict[str, Any], raw: bytes | None = None) -> None:
-        if self._envelope is None:
-            self._envelope = {key: data.get(key) for key in ("id", "object", "created", "model", "system_fingerprint")}
         if self._choices is not None:
+            if self._envelope is None:  # for what the transform still holds at a pause or the end
+                self._envelope = {k: data.get(k) for k in ("id", "object", "created", "model", "system_fingerprint")}
             spoken = self._choices.chunk(data)
             if spoken is None:
                 return  # all of it held back, nothing else in it

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from ..protocol.language import language_of
 from ..tools.registry import ToolRegistry
 from ..upstream.tool_loop import ToolUse
 from .model import ChatTurn
@@ -25,5 +24,4 @@ class ServerToolsStage:
             return
         offered = self.registry.offered(body.get("tools") or [])
         if offered:
-            language = language_of(turn.chat.last_user_text())
-            turn.tools = ToolUse(offered, self.registry, self.max_passes, turn.exchanged, language)
+            turn.tools = ToolUse(offered, self.registry, self.max_passes, turn.exchanged, turn.language)

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Sequence
 
 from ..knowledge.context import waiting_chunk
-from ..protocol.language import by_language, in_language, language_of
+from ..protocol.language import by_language, in_language
 from .model import ChatTurn
 
 
@@ -25,7 +25,7 @@ class WaitingMessageStage:
     async def __call__(self, turn: ChatTurn) -> None:
         if not (turn.chat.stream and turn.opens_user_turn):
             return
-        chunk = waiting_chunk(turn.chat.model, in_language(self.messages, language_of(turn.chat.last_user_text())))
+        chunk = waiting_chunk(turn.chat.model, in_language(self.messages, turn.language))
         sink = turn.sink
         if self.late_after is None:
             await sink.send_chunk(chunk)

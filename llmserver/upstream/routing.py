@@ -21,7 +21,6 @@ metrics), and `status()` is what the dashboard shows.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
 import random
 from collections import deque
@@ -138,9 +137,6 @@ class FirstChunkTimes:
         self._times.append(seconds)
         self._unsorted += 1
 
-    def __len__(self) -> int:
-        return len(self._times)
-
     def quantile(self, q: float) -> float | None:
         if len(self._times) < TIMES_NEEDED:
             return None
@@ -148,12 +144,6 @@ class FirstChunkTimes:
             self._sorted = sorted(self._times)
             self._unsorted = 0
         return self._sorted[min(len(self._sorted) - 1, math.ceil(q * len(self._sorted)) - 1)]
-
-    def rank(self, seconds: float) -> float:
-        """The share of recent times below `seconds`."""
-        if not self._sorted:
-            return 0.0
-        return bisect.bisect_left(self._sorted, seconds) / len(self._sorted)
 
 
 @dataclass(frozen=True)
@@ -421,10 +411,9 @@ class _Race:
 
     async def next_route(self) -> Route:
         """The next upstream to ask: one not asked yet (with room), else, after a back-off, the first again."""
-        while self.pending:
-            route = self.pending.popleft()
-            if route.has_room():
-                return route
+        route = self.next_with_room()
+        if route is not None:
+            return route
         error = self.final_error or self.last_error
         if error is None:
             raise UpstreamsBusy()
