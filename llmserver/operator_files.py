@@ -1,6 +1,7 @@
-"""What the operator's JSON files (the knowledge base, the tools file, the upstreams file) share: read whole and parsed with the one JSON
-parser, checked against a JSON schema, and `${NAME}` in their values read from the server's environment, so secrets
-stay out of the files. Every problem is one message naming the file, where in it, and what is wrong."""
+"""What the operator's JSON files (the knowledge base, the tools file, the upstreams file) share: read whole and
+parsed with the one JSON parser, checked against a JSON schema where they have one, and `${NAME}` in their values read
+from the server's environment, so secrets stay out of the files. Every problem is one message naming the file, where
+in it, and what is wrong."""
 
 from __future__ import annotations
 
