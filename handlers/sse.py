@@ -3,7 +3,7 @@ counts what it sends, once, for the request's trace (its record): nothing else c
 
 Events are flushed once per turn of the event loop: the chunks an upstream's single network read holds arrived
 together and go out together, in one write, instead of one system call each; none waits longer than the turn in
-which it was written."""
+which it was written, and the response's first bytes go out at once."""
 
 from __future__ import annotations
 
@@ -40,13 +40,16 @@ class EventStream:
         self.started = True
 
     async def _write(self, data: bytes, events: int) -> None:
-        if not self.started:
+        first = not self.started
+        if first:
             self._start()
         handler = self._handler
         handler.write(data)
         if events:
             self._counter.sent(events)
-        if self._flush_due is None:
+        if first:
+            self._flush()  # the response's first bytes (the time to first chunk) never wait for the rest
+        elif self._flush_due is None:
             self._flush_due = asyncio.get_running_loop().call_soon(self._flush)
         # Wait only when the socket is full (a slow reader): otherwise the bytes are already with the kernel, and
         # waiting for Tornado's callback would cost an event-loop turn per chunk. A client that leaves is noticed
