@@ -404,6 +404,7 @@ class SpeakableChoices:
 
 # The end of a sentence as a TTS engine's segmenter sees it: . ! ? ; … then a space or a line's end; a CJK full stop,
 # question or exclamation mark, wherever it is; a new line.
+RUN_ON_CHARS = 300  # without a sentence end in as many characters, the first "sentence" is these
 _SENTENCE_END = re.compile(r"[.!?;…](?=\s)|[。！？；]|\n")
 
 
@@ -418,6 +419,7 @@ class SpokenAnswer:
         self._trace = trace
         self._choices = SpeakableChoices() if speakable else None
         self._tail = ""  # the end of the text so far, to see a sentence end across chunks
+        self._unended = 0  # characters said without a sentence end
         self._sentence_seen = False
         self._envelope: dict[str, Any] | None = None
 
@@ -446,7 +448,10 @@ class SpokenAnswer:
         content = delta.get("content") if isinstance(delta, dict) else None
         if isinstance(content, str) and content:
             text = self._tail + content
-            if _SENTENCE_END.search(text):
+            self._unended += len(content)
+            # A run-on text is cut where a TTS engine's segmenter cuts it, by length: the clock (on the hottest path,
+            # every chunk until then) stops there too.
+            if _SENTENCE_END.search(text) or self._unended >= RUN_ON_CHARS:
                 self._sentence_seen = True
                 self._trace.first_sentence()
             self._tail = text[-1:]

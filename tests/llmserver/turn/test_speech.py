@@ -138,3 +138,15 @@ def test_any_text_cut_anywhere_says_the_same_as_whole_and_never_fails(text, size
         start += size
     said.append(transform.feed(text[start:]))
     assert "".join(said) + transform.finish() == spoken(text, max(1, len(text)))
+
+
+@pytest.mark.gen_test
+async def test_a_run_on_text_is_a_sentence_once_it_is_as_long_as_a_tts_engine_would_cut_it():
+    sink, record = RecordingSink(), RequestLog().begin("req", "chat")
+    answer = SpokenAnswer(sink, record, speakable=False)
+    words = {"id": "x", "choices": [{"index": 0, "delta": {"content": "word " * 20}, "finish_reason": None}]}
+    for _ in range(2):
+        await answer.send_chunk(words)
+    assert record.first_sentence_ms is None  # 200 characters, no stop
+    await answer.send_chunk(words)
+    assert record.first_sentence_ms is not None  # 300
